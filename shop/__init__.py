@@ -1,0 +1,94 @@
+"""惠黔消费帮扶商城: the application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, request, session
+from flask_babel import get_locale
+
+from shop.config import load_config
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, with `config` overriding it (tests pass a mapping)."""
+    app = Flask(__name__)
+    app.config.update(load_config())
+    if config:
+        app.config.update(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    from shop.accounts.services import user_for_token
+    from shop.background import celery_init_app
+    from shop.extensions import babel, csrf, db, limiter, login_manager
+    from shop.payments.gateway import build_stripe_client
+
+    db.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    babel.init_app(app, locale_selector=_select_locale)
+    login_manager.init_app(app)
+    login_manager.login_view = "accounts.login"
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> Any:
+        from shop.accounts.models import User
+
+        user = db.session.get(User, int(user_id))
+        return user if user and user.active else None
+
+    @login_manager.request_loader
+    def load_bearer(req: Any) -> Any:
+        header = req.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return user_for_token(db.session, header.removeprefix("Bearer ").strip())
+        return None
+
+    app.extensions["stripe"] = build_stripe_client(app.config)
+    celery_init_app(app)
+    _register_blueprints(app)
+
+    from shop.cli import register_commands
+
+    register_commands(app)
+
+    @app.context_processor
+    def template_globals() -> dict[str, Any]:
+        return {"current_locale": str(get_locale())}
+
+    return app
+
+
+def _select_locale() -> str:
+    from flask import current_app
+
+    supported: list[str] = current_app.config["SHOP_LOCALES"]
+    chosen = request.args.get("lang")
+    if chosen in supported:
+        session["lang"] = chosen
+        return chosen
+    remembered = session.get("lang")
+    if remembered in supported:
+        return str(remembered)
+    return str(current_app.config["BABEL_DEFAULT_LOCALE"])
+
+
+def _register_blueprints(app: Flask) -> None:
+    from shop.accounts.api import bp as auth_api
+    from shop.admin.api import bp as admin_api
+    from shop.api import register_error_handlers
+    from shop.catalog.api import bp as catalog_api
+    from shop.meta import bp as meta_api
+    from shop.orders.api import bp as orders_api
+    from shop.payments.api import bp as stripe_api
+
+    for bp in (meta_api, auth_api, catalog_api, orders_api, stripe_api, admin_api):
+        app.register_blueprint(bp)
+    register_error_handlers(app)
+    try:
+        from shop.views import register_views
+    except ImportError:
+        return
+    register_views(app)

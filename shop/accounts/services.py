@@ -1,0 +1,84 @@
+"""Creating users, checking passwords, issuing and resolving bearer tokens, auditing."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shop.accounts.models import ApiToken, AuditEntry, Role, User
+from shop.db import utcnow
+from shop.errors import Conflict, InvalidInput, Unauthorized
+
+_hasher = PasswordHasher()
+# Verifying against this keeps unknown e-mails as slow as wrong passwords.
+_DUMMY_HASH = _hasher.hash("not-a-password")
+MIN_PASSWORD_LENGTH = 8
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def create_user(
+    session: Session, *, email: str, password: str, name: str, role: Role = Role.BUYER
+) -> User:
+    email = normalise_email(email)
+    if "@" not in email or len(email) > 254:
+        raise InvalidInput("请输入有效的电子邮箱。", details=[{"field": "email"}])
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"密码至少需要 {MIN_PASSWORD_LENGTH} 个字符。", details=[{"field": "password"}]
+        )
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("该邮箱已注册。", code="email_taken")
+    user = User(email=email, name=name, role=role, password_hash=_hasher.hash(password))
+    session.add(user)
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> User:
+    user = session.scalar(select(User).where(User.email == normalise_email(email)))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        raise Unauthorized("邮箱或密码不正确。") from None
+    if user is None or not user.active:
+        raise Unauthorized("邮箱或密码不正确。")
+    return user
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(session: Session, user: User, *, days: int) -> str:
+    token = "hq_" + secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(
+            user_id=user.id, token_hash=_digest(token), expires_at=utcnow() + timedelta(days=days)
+        )
+    )
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    if row is None or row.revoked or row.expires_at <= utcnow() or not row.user.active:
+        return None
+    return row.user
+
+
+def audit(session: Session, actor: User | None, action: str, target: str, **details: Any) -> None:
+    session.add(
+        AuditEntry(actor_id=actor.id if actor else None, action=action, target=target,
+                   details=details)
+    )

@@ -1,0 +1,1 @@
+"""Operations staff: suppliers, certification, products, stock, fulfilment."""

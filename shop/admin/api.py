@@ -1,0 +1,166 @@
+"""Admin JSON API: suppliers, certifications, products, stock and shipping."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from shop.accounts.models import Role, User
+from shop.accounts.services import audit
+from shop.admin import services
+from shop.api import api_blueprint, endpoint
+from shop.catalog.api import ProductOut
+from shop.catalog.models import Supplier
+from shop.catalog.services import get_product
+from shop.db import utcnow
+from shop.extensions import db
+from shop.orders.api import OrderOut
+from shop.orders.services import get_order, mark_shipped
+from shop.timezones import shanghai_today
+
+bp = api_blueprint("admin_api", __name__)
+ADMIN = (Role.ADMIN,)
+
+
+class CertificationIn(BaseModel):
+    number: str = Field(min_length=1, max_length=64)
+    valid_from: date
+    valid_to: date
+
+
+class CertificationOut(CertificationIn):
+    id: int
+
+
+class SupplierIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    credit_code: str = Field(max_length=18)
+    county: str
+    contact: str | None = Field(None, max_length=128)
+    households_lifted: int | None = None
+
+
+class SupplierOut(BaseModel):
+    id: int
+    name: str
+    credit_code: str
+    county: str
+    contact: str | None
+    households_lifted: int | None
+    certifications: list[CertificationOut]
+
+    @classmethod
+    def of(cls, supplier: Supplier) -> SupplierOut:
+        return cls(
+            id=supplier.id, name=supplier.name, credit_code=supplier.credit_code,
+            county=supplier.county.name, contact=supplier.contact,
+            households_lifted=supplier.households_lifted,
+            certifications=[CertificationOut.model_validate(c, from_attributes=True)
+                            for c in supplier.certifications],
+        )
+
+
+class SupplierListOut(BaseModel):
+    items: list[SupplierOut]
+
+
+class ProductIn(BaseModel):
+    sku: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = Field(min_length=1, max_length=128)
+    name_en: str = Field(min_length=1, max_length=128)
+    category: str
+    supplier_id: int
+    pack: str = Field(min_length=1, max_length=32)
+    price_fen: int
+    stock: int = 0
+    season_from: str | None = None
+    season_to: str | None = None
+    certified: bool = False
+    cold_chain: bool = False
+    min_order_quantity: int = 1
+    quantity_increment: int = 1
+    description: str = Field("", max_length=4000)
+
+
+class ProductPatch(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=128)
+    name_en: str | None = Field(None, min_length=1, max_length=128)
+    pack: str | None = Field(None, min_length=1, max_length=32)
+    price_fen: int | None = None
+    stock: int | None = None
+    season_from: str | None = None
+    season_to: str | None = None
+    certified: bool | None = None
+    cold_chain: bool | None = None
+    active: bool | None = None
+    min_order_quantity: int | None = None
+    quantity_increment: int | None = None
+    description: str | None = Field(None, max_length=4000)
+
+
+class ShipmentIn(BaseModel):
+    carrier: str = Field(max_length=64)
+    tracking_number: str = Field(max_length=64)
+
+
+def _product_out(sku: str) -> ProductOut:
+    today = shanghai_today(utcnow())
+    view = get_product(db.session, sku, today)
+    return ProductOut.of(view, view.product.in_season(today))
+
+
+@endpoint(bp, "/admin/suppliers", "GET", summary="Suppliers with their certificates",
+          response=SupplierListOut, roles=ADMIN)
+def list_suppliers(user: User) -> SupplierListOut:
+    suppliers = db.session.scalars(select(Supplier).order_by(Supplier.id))
+    return SupplierListOut(items=[SupplierOut.of(s) for s in suppliers])
+
+
+@endpoint(bp, "/admin/suppliers", "POST", summary="Register a supplier", body=SupplierIn,
+          response=SupplierOut, status=201, roles=ADMIN, errors=(409,))
+def create_supplier(user: User, body: SupplierIn) -> SupplierOut:
+    supplier = services.create_supplier(db.session, user, **body.model_dump())
+    db.session.commit()
+    return SupplierOut.of(supplier)
+
+
+@endpoint(bp, "/admin/suppliers/<int:supplier_id>/certifications", "POST",
+          summary="Record a 消费帮扶产品认定 certificate", body=CertificationIn,
+          response=SupplierOut, status=201, roles=ADMIN, errors=(404, 409))
+def add_certification(user: User, supplier_id: int, body: CertificationIn) -> SupplierOut:
+    supplier = services.get_supplier(db.session, supplier_id)
+    services.add_certification(db.session, user, supplier, **body.model_dump())
+    db.session.commit()
+    db.session.refresh(supplier)
+    return SupplierOut.of(supplier)
+
+
+@endpoint(bp, "/admin/products", "POST", summary="Create a product", body=ProductIn,
+          response=ProductOut, status=201, roles=ADMIN)
+def create_product(user: User, body: ProductIn) -> ProductOut:
+    product = services.save_product(db.session, user, None, body.model_dump())
+    db.session.commit()
+    return _product_out(product.sku)
+
+
+@endpoint(bp, "/admin/products/<sku>", "PATCH", summary="Change stock, price or details",
+          body=ProductPatch, response=ProductOut, roles=ADMIN, errors=(404,))
+def update_product(user: User, sku: str, body: ProductPatch) -> ProductOut:
+    product = services.get_product_for_update(db.session, sku)
+    services.save_product(db.session, user, product, body.model_dump(exclude_unset=True))
+    db.session.commit()
+    return _product_out(sku)
+
+
+@endpoint(bp, "/admin/orders/<number>/shipment", "POST", summary="Mark an order shipped",
+          body=ShipmentIn, response=OrderOut, roles=ADMIN, errors=(404, 409))
+def ship_order(user: User, number: str, body: ShipmentIn) -> OrderOut:
+    order = get_order(db.session, number, lock=True)
+    mark_shipped(db.session, order, carrier=body.carrier, tracking_number=body.tracking_number,
+                 actor=user)
+    audit(db.session, user, "order.ship", number, carrier=body.carrier,
+                   tracking_number=body.tracking_number)
+    db.session.commit()
+    return OrderOut.of(order)

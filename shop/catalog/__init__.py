@@ -1,0 +1,1 @@
+"""Counties, districts, suppliers, certifications and products."""

@@ -1,0 +1,108 @@
+"""Finding products: the catalogue filters, search and pages, in one SELECT."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, contains_eager
+
+from shop.catalog.models import Category, Certification, County, Product, Supplier
+from shop.errors import InvalidInput, NotFound
+
+
+@dataclass(frozen=True)
+class ProductView:
+    product: Product
+    certified: bool
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    items: list[ProductView]
+    page: int
+    pages: int
+    total: int
+
+
+def _certified_now(today: date):  # type: ignore[no-untyped-def]
+    valid = exists().where(
+        Certification.supplier_id == Product.supplier_id,
+        Certification.valid_from <= today,
+        Certification.valid_to >= today,
+    )
+    return and_(Product.certified, valid).label("certified_now")
+
+
+def resolve_county(session: Session, value: str) -> County:
+    county = session.scalar(select(County).where(or_(County.code == value, County.name == value)))
+    if county is None:
+        raise InvalidInput(f"没有名为或编码为「{value}」的产地县。", details=[{"field": "county"}])
+    return county
+
+
+def catalogue_query(
+    today: date,
+    *,
+    county_id: int | None = None,
+    category: Category | None = None,
+    q: str | None = None,
+) -> Select[tuple[Product, bool, int]]:
+    query = (
+        select(Product, _certified_now(today), func.count().over().label("total"))
+        .join(Product.supplier)
+        .join(Supplier.county)
+        .options(contains_eager(Product.supplier).contains_eager(Supplier.county))
+        .where(Product.active)
+    )
+    if county_id is not None:
+        query = query.where(Supplier.county_id == county_id)
+    if category is not None:
+        query = query.where(Product.category == category.value)
+    if q:
+        pattern = f"%{q.strip()}%"
+        query = query.where(
+            or_(Product.name.ilike(pattern), Product.name_en.ilike(pattern),
+                Product.sku.ilike(pattern), Supplier.name.ilike(pattern))
+        )
+    return query.order_by(Product.category, Product.sku)
+
+
+def search_products(
+    session: Session,
+    today: date,
+    *,
+    county: str | None = None,
+    category: str | None = None,
+    q: str | None = None,
+    page: int = 1,
+    per_page: int = 20,
+) -> ProductPage:
+    county_id = resolve_county(session, county).id if county else None
+    parsed_category = None
+    if category:
+        parsed_category = Category.parse(category)
+        if parsed_category is None:
+            raise InvalidInput(
+                f"没有「{category}」这个品类。",
+                details=[{"field": "category", "allowed": [c.value for c in Category]}],
+            )
+    page = max(page, 1)
+    query = catalogue_query(today, county_id=county_id, category=parsed_category, q=q)
+    rows = session.execute(query.limit(per_page).offset((page - 1) * per_page)).all()
+    total = rows[0].total if rows else 0
+    return ProductPage(
+        items=[ProductView(row.Product, bool(row.certified_now)) for row in rows],
+        page=page,
+        pages=max(1, math.ceil(total / per_page)),
+        total=total,
+    )
+
+
+def get_product(session: Session, sku: str, today: date) -> ProductView:
+    row = session.execute(catalogue_query(today).where(Product.sku == sku)).first()
+    if row is None:
+        raise NotFound(f"没有编码为 {sku} 的商品。")
+    return ProductView(row.Product, bool(row.certified_now))

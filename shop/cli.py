@@ -1,0 +1,217 @@
+"""The `shop` command (also `flask --app wsgi …`): database, demo, users, tokens, jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from shop.accounts.models import Role
+
+
+def _create_app() -> Flask:
+    from shop import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=True)
+def main() -> None:
+    """惠黔消费帮扶商城 command line."""
+
+
+def register_commands(app: Flask) -> None:
+    for command in (db_group, demo_group, users_group, tokens_group, expire_orders, emulator):
+        app.cli.add_command(command)
+
+
+@click.group("db")
+def db_group() -> None:
+    """Database schema (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Create or upgrade the schema to the newest migration."""
+    from shop.migrate import upgrade
+
+    upgrade(current_app._get_current_object(), revision)  # type: ignore[attr-defined]
+    click.echo(f"database at {revision}: {_safe_url()}")
+
+
+@db_group.command("revision")
+@click.option("-m", "--message", required=True)
+@with_appcontext
+def db_revision(message: str) -> None:
+    """Write a new migration by comparing the models with the database."""
+    from shop.migrate import autogenerate
+
+    autogenerate(current_app._get_current_object(), message)  # type: ignore[attr-defined]
+
+
+def _safe_url() -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(current_app.config["SQLALCHEMY_DATABASE_URI"]).render_as_string(
+        hide_password=True
+    )
+
+
+@click.group("demo")
+def demo_group() -> None:
+    """Demo data and the demo shop."""
+
+
+@demo_group.command("load")
+@with_appcontext
+def demo_load() -> None:
+    """Load the demo catalogue and accounts (does nothing if they are there)."""
+    from shop.demo import load_demo_data
+    from shop.extensions import db
+
+    created = load_demo_data(db.session)
+    db.session.commit()
+    click.echo("demo data loaded" if created else "demo data already present")
+    _print_accounts()
+
+
+def _print_accounts() -> None:
+    from shop.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
+
+    click.echo("demo accounts (demo only), password for all: " + DEMO_PASSWORD)
+    for email, _, role in DEMO_ACCOUNTS:
+        click.echo(f"  {role:<8} {email}")
+
+
+@demo_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@click.option("--emulator-port", default=12111, show_default=True)
+@with_appcontext
+def demo_serve(host: str, port: int, emulator_port: int) -> None:
+    """Migrate, load demo data, start the Stripe emulator and serve the shop."""
+    from shop.demo import load_demo_data
+    from shop.extensions import db
+    from shop.migrate import upgrade
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(app.config["SQLALCHEMY_DATABASE_URI"][10:]), exist_ok=True)
+    upgrade(app)
+    load_demo_data(db.session)
+    db.session.commit()
+    db.session.remove()
+    emulator_process = None
+    if app.config["STRIPE_API_BASE"].startswith("http://127.0.0.1"):
+        env = dict(os.environ, STRIPE_SECRET_KEY=app.config["STRIPE_SECRET_KEY"],
+                   STRIPE_WEBHOOK_SECRET=app.config["STRIPE_WEBHOOK_SECRET"],
+                   EMULATOR_WEBHOOK_URL=f"http://{host}:{port}/api/v1/stripe/webhook")
+        emulator_process = subprocess.Popen(
+            [sys.executable, "-m", "shop.payments.emulator", "--port", str(emulator_port)], env=env
+        )
+    _start_in_process_beat(app)
+    click.echo(f"\n惠黔消费帮扶商城 demo: http://{host}:{port}/")
+    _print_accounts()
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        if emulator_process is not None:
+            emulator_process.terminate()
+
+
+def _start_in_process_beat(app: Flask, every_seconds: int = 60) -> None:
+    """Without a broker there is no beat process: run the periodic jobs on a thread instead."""
+    if not app.config["CELERY"]["task_always_eager"]:
+        return
+
+    def loop() -> None:
+        from workers.tasks import expire_unpaid_orders
+
+        while True:
+            time.sleep(every_seconds)
+            try:
+                expire_unpaid_orders.delay()
+            except Exception:
+                app.logger.exception("periodic expiry failed; trying again next minute")
+
+    threading.Thread(target=loop, name="in-process-beat", daemon=True).start()
+
+
+@click.group("users")
+def users_group() -> None:
+    """People and their roles."""
+
+
+@users_group.command("create")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="buyer")
+@click.password_option()
+@with_appcontext
+def users_create(email: str, name: str, role: str, password: str) -> None:
+    """Create a user."""
+    from shop.accounts.services import create_user
+    from shop.errors import ShopError
+    from shop.extensions import db
+
+    try:
+        user = create_user(db.session, email=email, password=password, name=name, role=Role(role))
+    except ShopError as exc:
+        raise click.ClickException(exc.message) from exc
+    db.session.commit()
+    click.echo(f"created {user.role} {user.email}")
+
+
+@click.group("tokens")
+def tokens_group() -> None:
+    """Bearer tokens for scripts."""
+
+
+@tokens_group.command("create")
+@click.option("--email", required=True)
+@with_appcontext
+def tokens_create(email: str) -> None:
+    """Issue a bearer token for a user and print it (shown once)."""
+    from sqlalchemy import select
+
+    from shop.accounts.models import User
+    from shop.accounts.services import issue_token, normalise_email
+    from shop.extensions import db
+
+    user = db.session.scalar(select(User).where(User.email == normalise_email(email)))
+    if user is None:
+        raise click.ClickException(f"no user {email}")
+    token = issue_token(db.session, user, days=current_app.config["API_TOKEN_DAYS"])
+    db.session.commit()
+    click.echo(token)
+
+
+@click.command("expire-orders")
+@with_appcontext
+def expire_orders() -> None:
+    """Cancel unpaid orders past their payment window now (the beat does it every minute)."""
+    from workers.tasks import expire_unpaid_orders
+
+    click.echo(f"cancelled {expire_unpaid_orders.apply().get()} expired orders")
+
+
+@click.command("emulator")
+@click.option("--port", default=12111, show_default=True)
+@click.option("--webhook-url", default="http://127.0.0.1:5000/api/v1/stripe/webhook",
+              show_default=True)
+@with_appcontext
+def emulator(port: int, webhook_url: str) -> None:
+    """Run the Stripe emulator (development and tests only)."""
+    from shop.payments.emulator import main as run_emulator
+
+    os.environ.setdefault("STRIPE_SECRET_KEY", current_app.config["STRIPE_SECRET_KEY"])
+    os.environ.setdefault("STRIPE_WEBHOOK_SECRET", current_app.config["STRIPE_WEBHOOK_SECRET"])
+    run_emulator(["--port", str(port), "--webhook-url", webhook_url])

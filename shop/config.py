@@ -1,0 +1,103 @@
+"""Settings read from the environment; secrets have no production default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+INSTANCE_DIR = Path(os.environ.get("SHOP_INSTANCE_DIR", Path.cwd() / "var"))
+
+# Keys of the embedded Stripe emulator: test-mode by construction, useless against real Stripe.
+EMULATOR_SECRET_KEY = "sk_test_emulator"
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator"
+EMULATOR_API_BASE = "http://127.0.0.1:12111"
+
+REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable shop."""
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be a whole number, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables (see the README's table)."""
+    env = os.environ if env is None else env
+    shop_env = env.get("SHOP_ENV", "development")
+    production = shop_env == "production"
+    if production:
+        missing = [key for key in REQUIRED_IN_PRODUCTION if not env.get(key)]
+        if missing:
+            raise ConfigError("production needs these settings: " + ", ".join(missing))
+
+    default_db = f"sqlite:///{INSTANCE_DIR / 'shop.sqlite3'}"
+    broker = env.get("CELERY_BROKER_URL", "")
+    stripe_key = env.get("STRIPE_SECRET_KEY", EMULATOR_SECRET_KEY)
+    # Real keys talk to real Stripe unless an API base is given; the emulator keys never do.
+    default_api_base = EMULATOR_API_BASE if stripe_key == EMULATOR_SECRET_KEY else ""
+    return {
+        "SHOP_ENV": shop_env,
+        "SECRET_KEY": env.get("SECRET_KEY", "development-only-not-secret"),
+        "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", default_db),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "SHOP_BASE_URL": env.get("SHOP_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+        "STRIPE_SECRET_KEY": stripe_key,
+        "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET", EMULATOR_WEBHOOK_SECRET),
+        "STRIPE_API_BASE": env.get("STRIPE_API_BASE", default_api_base),
+        "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 10.0),
+        "STRIPE_MAX_NETWORK_RETRIES": _int(env, "STRIPE_MAX_NETWORK_RETRIES", 2),
+        "STRIPE_PAYMENT_METHODS": [
+            m.strip() for m in env.get("STRIPE_PAYMENT_METHODS", "card,wechat_pay").split(",")
+            if m.strip()
+        ],
+        "STRIPE_WEBHOOK_TOLERANCE_SECONDS": _int(env, "STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300),
+        "ORDER_PAYMENT_MINUTES": _int(env, "ORDER_PAYMENT_MINUTES", 30),
+        "SHIPPING_FEE_FEN": _int(env, "SHIPPING_FEE_FEN", 1000),
+        "SHIPPING_FREE_ABOVE_FEN": _int(env, "SHIPPING_FREE_ABOVE_FEN", 9900),
+        "COLD_CHAIN_SURCHARGE_FEN": _int(env, "COLD_CHAIN_SURCHARGE_FEN", 1500),
+        "ORDER_MAX_LINES": _int(env, "ORDER_MAX_LINES", 100),
+        "ORDER_MAX_QUANTITY": _int(env, "ORDER_MAX_QUANTITY", 10000),
+        "CATALOG_PAGE_SIZE": _int(env, "CATALOG_PAGE_SIZE", 20),
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
+        "API_TOKEN_DAYS": _int(env, "API_TOKEN_DAYS", 90),
+        "BABEL_DEFAULT_LOCALE": "zh",
+        "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
+        "SHOP_LOCALES": ["zh", "en"],
+        "CELERY": {
+            "broker_url": broker or "memory://",
+            "result_backend": env.get("CELERY_RESULT_BACKEND", "") or None,
+            # Without a broker the demo runs tasks in-process, synchronously.
+            "task_always_eager": not broker,
+            "task_eager_propagates": True,
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "broker_transport_options": {"visibility_timeout": 3600},
+            "timezone": "Asia/Shanghai",
+            "enable_utc": True,
+        },
+    }

@@ -1,0 +1,154 @@
+"""Demo data: the eight Qianxinan counties, Huizhou's districts, suppliers, products, accounts.
+
+County codes are GB/T 2260. Pairings marked `demo` are illustrative, not official.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shop.accounts.models import Role, User
+from shop.accounts.services import create_user
+from shop.catalog.credit_code import check_character
+from shop.catalog.models import Category, Certification, County, District, Pairing, Product, Supplier
+
+DEMO_PASSWORD = "demo-password"
+DEMO_ACCOUNTS = [
+    ("buyer@example.com", "张小惠", Role.BUYER),
+    ("admin@example.com", "李运营", Role.ADMIN),
+    ("finance@example.com", "王财务", Role.FINANCE),
+]
+
+COUNTIES = [  # code, name, English, cooperation county
+    ("522301", "兴义市", "Xingyi City", False),
+    ("522302", "兴仁市", "Xingren City", True),
+    ("522323", "普安县", "Pu'an County", True),
+    ("522324", "晴隆县", "Qinglong County", True),
+    ("522325", "贞丰县", "Zhenfeng County", True),
+    ("522326", "望谟县", "Wangmo County", True),
+    ("522327", "册亨县", "Ceheng County", True),
+    ("522328", "安龙县", "Anlong County", True),
+]
+
+DISTRICTS = [  # code (functional zones have no GB/T 2260 code), name, English, functional zone
+    ("441302", "惠城区", "Huicheng District", False),
+    ("441303", "惠阳区", "Huiyang District", False),
+    ("441322", "博罗县", "Boluo County", False),
+    ("441323", "惠东县", "Huidong County", False),
+    ("441324", "龙门县", "Longmen County", False),
+    ("HZ-DYW", "大亚湾开发区", "Daya Bay Development Zone", True),
+    ("HZ-ZK", "仲恺高新区", "Zhongkai High-tech Zone", True),
+]
+
+PAIRINGS = [  # district, county, demo only
+    ("龙门县", "普安县", False),
+    ("惠东县", "望谟县", False),
+    ("惠城区", "兴仁市", True),
+    ("惠阳区", "贞丰县", True),
+    ("博罗县", "晴隆县", True),
+    ("大亚湾开发区", "册亨县", True),
+    ("仲恺高新区", "安龙县", True),
+]
+
+SUPPLIERS = [  # key, name, county, registration type, households lifted, certificate valid to
+    ("pa-coop", "普安县江西坡茶叶专业合作社", "普安县", "93", 126, date(2027, 12, 31)),
+    ("pa-tea", "贵州普安红茶业有限公司", "普安县", "91", 310, date(2027, 12, 31)),
+    ("wm-mango", "望谟县芒果种植专业合作社", "望谟县", "93", 218, date(2027, 6, 30)),
+    ("wm-food", "贵州望谟板陈农业发展有限公司", "望谟县", "91", 95, date(2027, 12, 31)),
+    ("ql-agri", "晴隆县农投食品有限公司", "晴隆县", "91", 140, date(2027, 12, 31)),
+    ("zf-coop", "贞丰县顶坛花椒专业合作社", "贞丰县", "93", 88, date(2027, 12, 31)),
+    ("xr-yiren", "兴仁市薏仁米产业有限公司", "兴仁市", "91", 260, date(2027, 12, 31)),
+    ("ch-coop", "册亨县布依糯米蕉专业合作社", "册亨县", "93", 73, date(2027, 12, 31)),
+    ("al-fungi", "安龙县食用菌开发有限公司", "安龙县", "91", 152, date(2027, 12, 31)),
+    ("xy-food", "兴义市黔味特色食品有限公司", "兴义市", "91", None, date(2025, 12, 31)),
+]
+
+T, F, V, G, M, P, O = (Category.TEA, Category.FRUIT, Category.VEGETABLE, Category.GRAIN_OIL,
+                       Category.MEAT_EGG, Category.PROCESSED, Category.OTHER)
+ALL_YEAR = (None, None)
+PRODUCTS = [  # sku, name, English, category, supplier, pack, price fen, stock, season, certified, cold
+    ("PA-TEA-001", "普安红茶（特级）", "Pu'an black tea, special grade", T, "pa-tea", "250g/罐", 12800, 600, ALL_YEAR, True, False),
+    ("PA-TEA-002", "普安早春绿茶", "Pu'an early-spring green tea", T, "pa-coop", "100g/袋", 6800, 800, ALL_YEAR, True, False),
+    ("PA-TEA-003", "普安古茶树红茶礼盒", "Pu'an ancient-tree black tea gift box", T, "pa-tea", "500g/盒", 39800, 150, ALL_YEAR, True, False),
+    ("PA-TEA-004", "普安白茶", "Pu'an white tea", T, "pa-coop", "150g/罐", 15800, 300, ALL_YEAR, True, False),
+    ("PA-TEA-005", "普安红茶袋泡茶", "Pu'an black tea bags", T, "pa-tea", "2g×30袋/盒", 4800, 1200, ALL_YEAR, True, False),
+    ("QL-TEA-001", "晴隆高山绿茶", "Qinglong highland green tea", T, "ql-agri", "200g/袋", 8800, 400, ALL_YEAR, True, False),
+    ("WM-MG-001", "望谟芒果（大果）", "Wangmo mango, large", F, "wm-mango", "5kg/箱", 8900, 2000, ("06-01", "09-30"), True, True),
+    ("WM-MG-002", "望谟芒果精品礼盒", "Wangmo mango gift box", F, "wm-mango", "3kg/盒", 9800, 800, ("06-01", "09-30"), True, True),
+    ("ZF-LI-001", "贞丰蜂糖李", "Zhenfeng honey plum", F, "zf-coop", "2.5kg/箱", 7900, 500, ("06-15", "07-31"), True, True),
+    ("ZF-PT-001", "贞丰红心火龙果", "Zhenfeng red dragon fruit", F, "zf-coop", "2.5kg/箱", 6900, 600, ("07-01", "11-30"), True, True),
+    ("CH-BN-001", "册亨糯米蕉", "Ceheng glutinous banana", F, "ch-coop", "5kg/箱", 5900, 700, ALL_YEAR, True, True),
+    ("QL-FR-001", "晴隆百香果", "Qinglong passion fruit", F, "ql-agri", "3kg/箱", 4900, 600, ("07-01", "12-31"), True, True),
+    ("AL-MS-001", "安龙香菇（干）", "Anlong dried shiitake", V, "al-fungi", "500g/袋", 5800, 900, ALL_YEAR, True, False),
+    ("AL-MS-002", "安龙黑木耳", "Anlong black fungus", V, "al-fungi", "250g/袋", 3900, 900, ALL_YEAR, True, False),
+    ("WM-VG-001", "望谟冬早蔬菜礼盒", "Wangmo winter vegetable box", V, "wm-food", "5kg/箱", 6800, 400, ("11-01", "04-30"), True, True),
+    ("XY-VG-001", "兴义高山土豆", "Xingyi highland potatoes", V, "xy-food", "10kg/箱", 4500, 500, ("07-01", "02-28"), True, False),
+    ("CH-VG-001", "册亨铁棍山药", "Ceheng yam", V, "ch-coop", "5kg/箱", 5600, 300, ("10-01", "03-31"), True, False),
+    ("XR-YR-001", "兴仁薏仁米", "Xingren job's tears", G, "xr-yiren", "2.5kg/袋", 5900, 1500, ALL_YEAR, True, False),
+    ("XR-YR-002", "兴仁薏仁米礼盒", "Xingren job's tears gift box", G, "xr-yiren", "1kg×2/盒", 8800, 600, ALL_YEAR, True, False),
+    ("QL-NY-001", "晴隆糯薏仁", "Qinglong glutinous job's tears", G, "ql-agri", "1kg/袋", 3600, 800, ALL_YEAR, True, False),
+    ("ZF-NM-001", "贞丰糯米", "Zhenfeng glutinous rice", G, "zf-coop", "5kg/袋", 4800, 1000, ALL_YEAR, True, False),
+    ("CH-NM-001", "册亨布依糯米", "Ceheng Buyei glutinous rice", G, "ch-coop", "5kg/袋", 4600, 1000, ALL_YEAR, True, False),
+    ("PA-YC-001", "普安压榨菜籽油", "Pu'an pressed rapeseed oil", G, "pa-coop", "5L/桶", 9800, 400, ALL_YEAR, False, False),
+    ("QL-YR-001", "晴隆羊肉（冷冻）", "Qinglong mutton, frozen", M, "ql-agri", "2kg/袋", 16800, 200, ALL_YEAR, True, True),
+    ("AL-EG-001", "安龙林下土鸡蛋", "Anlong free-range eggs", M, "al-fungi", "30枚/盒", 5800, 400, ALL_YEAR, True, False),
+    ("XR-NG-001", "兴仁牛干巴", "Xingren dried beef", M, "xr-yiren", "500g/袋", 12800, 300, ALL_YEAR, True, False),
+    ("ZF-HJ-001", "贞丰顶坛花椒", "Zhenfeng Dingtan Sichuan pepper", P, "zf-coop", "250g/罐", 3900, 700, ALL_YEAR, True, False),
+    ("ZF-NF-001", "贞丰即食糯米饭", "Zhenfeng ready-to-eat sticky rice", P, "zf-coop", "300g×6/箱", 4800, 600, ALL_YEAR, True, False),
+    ("XY-EK-001", "兴义饵块粑", "Xingyi rice cakes", P, "xy-food", "2kg/箱", 3800, 500, ALL_YEAR, True, False),
+    ("WM-MG-003", "望谟芒果干", "Wangmo dried mango", P, "wm-mango", "200g/袋", 2800, 1500, ALL_YEAR, True, False),
+    ("WM-BL-001", "望谟板栗仁", "Wangmo chestnut kernels", P, "wm-food", "500g/袋", 3500, 800, ALL_YEAR, True, False),
+    ("AL-BJ-001", "安龙白及粉", "Anlong bletilla powder", O, "al-fungi", "100g/罐", 6800, 200, ALL_YEAR, False, False),
+    ("CH-FM-001", "册亨野生蜂蜜", "Ceheng wild honey", O, "ch-coop", "500g/瓶", 8800, 300, ALL_YEAR, True, False),
+]
+
+
+def demo_credit_code(registration: str, county_code: str, serial: int) -> str:
+    body = f"{registration}{county_code}MA{serial:06d}"[:16] + "X"
+    return body + check_character(body)
+
+
+def load_demo_data(session: Session) -> bool:
+    """Add the demo catalogue and accounts where missing; True if anything was added."""
+    added = _load_accounts(session)
+    if session.scalar(select(County.id).limit(1)) is not None:
+        return added
+    counties = {name: County(code=code, name=name, name_en=en, cooperation=coop)
+                for code, name, en, coop in COUNTIES}
+    districts = {name: District(code=code, name=name, name_en=en, functional_zone=zone)
+                 for code, name, en, zone in DISTRICTS}
+    session.add_all([*counties.values(), *districts.values()])
+    session.add_all(Pairing(district=districts[d], county=counties[c], demo=demo)
+                    for d, c, demo in PAIRINGS)
+    suppliers: dict[str, Supplier] = {}
+    for serial, (key, name, county, registration, households, valid_to) in enumerate(SUPPLIERS, 1):
+        supplier = Supplier(
+            name=name, county=counties[county], households_lifted=households,
+            credit_code=demo_credit_code(registration, next(c for c, n, *_ in COUNTIES
+                                                            if n == county), serial),
+        )
+        supplier.certifications.append(Certification(
+            number=f"QXN-XFBF-2024-{serial:04d}", valid_from=date(2024, 1, 1), valid_to=valid_to))
+        suppliers[key] = supplier
+    session.add_all(suppliers.values())
+    for sku, name, en, category, supplier, pack, price, stock, season, certified, cold in PRODUCTS:
+        session.add(Product(
+            sku=sku, name=name, name_en=en, category=category.value, supplier=suppliers[supplier],
+            pack=pack, price_fen=price, stock=stock, season_from=season[0], season_to=season[1],
+            certified=certified, cold_chain=cold,
+            description=f"{name}，产自黔西南州{suppliers[supplier].county.name}。",
+        ))
+    session.flush()
+    return True
+
+
+def _load_accounts(session: Session) -> bool:
+    added = False
+    for email, name, role in DEMO_ACCOUNTS:
+        if session.scalar(select(User.id).where(User.email == email)) is None:
+            create_user(session, email=email, password=DEMO_PASSWORD, name=name, role=role)
+            added = True
+    return added

@@ -1,0 +1,1 @@
+"""Stripe: the configured client, checkout sessions, refunds and webhooks."""

@@ -1,0 +1,33 @@
+"""Stripe's webhook endpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import current_app, jsonify, request
+
+from shop.api import api_blueprint, endpoint, error_response
+from shop.extensions import db
+from shop.payments.services import InvalidSignature, handle_stripe_event, verify_webhook
+
+bp = api_blueprint("stripe_api", __name__)
+log = logging.getLogger(__name__)
+
+
+@endpoint(bp, "/stripe/webhook", "POST", summary="Stripe webhook (Stripe-Signature verified)",
+          roles=None, errors=(400,))
+def stripe_webhook() -> Any:
+    try:
+        event = verify_webhook(
+            request.get_data(),
+            request.headers.get("Stripe-Signature"),
+            current_app.config["STRIPE_WEBHOOK_SECRET"],
+            current_app.config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"],
+        )
+    except InvalidSignature as exc:
+        log.warning("rejected webhook: %s", exc)
+        return error_response(400, "invalid_signature", "Stripe-Signature 校验失败。")
+    changed = handle_stripe_event(db.session, event)
+    db.session.commit()
+    return jsonify({"received": True, "changed": changed}), 200

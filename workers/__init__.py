@@ -1,0 +1,1 @@
+"""Celery worker entry points; the behaviour lives in `shop`."""
