@@ -50,8 +50,9 @@ class Endpoint:
 ENDPOINTS: list[Endpoint] = []
 
 
-def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
-                   ) -> tuple[Response, int]:
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message, "details": details or []}}), status
 
 
@@ -67,7 +68,7 @@ def _authenticated_user(roles: tuple[Role, ...] | None) -> User | None:
         return None
     if not current_user.is_authenticated:
         raise Unauthorized("请先登录或提供有效的令牌。")
-    user: User = current_user._get_current_object()  # type: ignore[attr-defined]
+    user: User = current_user._get_current_object()
     if roles and not user.has_role(*roles):
         raise Forbidden("你的账号无权执行此操作。")
     if request.method not in SAFE_METHODS and "Authorization" not in request.headers:
@@ -95,8 +96,18 @@ def endpoint(
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         ENDPOINTS.append(
-            Endpoint(API_PREFIX + rule, method.lower(), summary, bp.name.removesuffix("_api"),
-                     body, query, response, status, roles, errors)
+            Endpoint(
+                API_PREFIX + rule,
+                method.lower(),
+                summary,
+                bp.name.removesuffix("_api"),
+                body,
+                query,
+                response,
+                status,
+                roles,
+                errors,
+            )
         )
 
         @wraps(view)
@@ -113,7 +124,7 @@ def endpoint(
                 kwargs["query"] = query.model_validate(request.args.to_dict())
             result = view(**kwargs)
             if isinstance(result, BaseModel):
-                return jsonify(result.model_dump(mode="json")), status
+                return jsonify(result.model_dump(mode="json", by_alias=True)), status
             return result
 
         bp.add_url_rule(rule, view.__name__, wrapper, methods=[method])
@@ -175,8 +186,10 @@ def openapi_document() -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": ep.summary,
             "tags": [ep.tag],
-            "operationId": f"{ep.method}_{ep.rule}".replace("/", "_").replace("<", "").replace(
-                ">", "").replace(":", "_"),
+            "operationId": f"{ep.method}_{ep.rule}".replace("/", "_")
+            .replace("<", "")
+            .replace(">", "")
+            .replace(":", "_"),
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in _path_params(path)

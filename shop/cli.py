@@ -111,9 +111,12 @@ def demo_serve(host: str, port: int, emulator_port: int) -> None:
     db.session.remove()
     emulator_process = None
     if app.config["STRIPE_API_BASE"].startswith("http://127.0.0.1"):
-        env = dict(os.environ, STRIPE_SECRET_KEY=app.config["STRIPE_SECRET_KEY"],
-                   STRIPE_WEBHOOK_SECRET=app.config["STRIPE_WEBHOOK_SECRET"],
-                   EMULATOR_WEBHOOK_URL=f"http://{host}:{port}/api/v1/stripe/webhook")
+        env = dict(
+            os.environ,
+            STRIPE_SECRET_KEY=app.config["STRIPE_SECRET_KEY"],
+            STRIPE_WEBHOOK_SECRET=app.config["STRIPE_WEBHOOK_SECRET"],
+            EMULATOR_WEBHOOK_URL=f"http://{host}:{port}/api/v1/stripe/webhook",
+        )
         emulator_process = subprocess.Popen(
             [sys.executable, "-m", "shop.payments.emulator", "--port", str(emulator_port)], env=env
         )
@@ -205,8 +208,9 @@ def expire_orders() -> None:
 
 @click.command("emulator")
 @click.option("--port", default=12111, show_default=True)
-@click.option("--webhook-url", default="http://127.0.0.1:5000/api/v1/stripe/webhook",
-              show_default=True)
+@click.option(
+    "--webhook-url", default="http://127.0.0.1:5000/api/v1/stripe/webhook", show_default=True
+)
 @with_appcontext
 def emulator(port: int, webhook_url: str) -> None:
     """Run the Stripe emulator (development and tests only)."""

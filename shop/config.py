@@ -14,7 +14,12 @@ EMULATOR_SECRET_KEY = "sk_test_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator"
 EMULATOR_API_BASE = "http://127.0.0.1:12111"
 
-REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "DATABASE_URL", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+REQUIRED_IN_PRODUCTION = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+)
 
 
 class ConfigError(RuntimeError):
@@ -71,7 +76,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 10.0),
         "STRIPE_MAX_NETWORK_RETRIES": _int(env, "STRIPE_MAX_NETWORK_RETRIES", 2),
         "STRIPE_PAYMENT_METHODS": [
-            m.strip() for m in env.get("STRIPE_PAYMENT_METHODS", "card,wechat_pay").split(",")
+            m.strip()
+            for m in env.get("STRIPE_PAYMENT_METHODS", "card,wechat_pay").split(",")
             if m.strip()
         ],
         "STRIPE_WEBHOOK_TOLERANCE_SECONDS": _int(env, "STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300),

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase, Session, registry
+from sqlalchemy.orm import DeclarativeBase, Session, registry, scoped_session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -19,6 +19,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# What services take: a plain Session, or Flask-SQLAlchemy's request-scoped proxy of one.
+DbSession = Session | scoped_session[Any]
 
 
 def utcnow() -> datetime:
@@ -53,7 +57,7 @@ class Base(DeclarativeBase):
 
 
 @contextmanager
-def unit_of_work(session: Session) -> Iterator[Session]:
+def unit_of_work(session: DbSession) -> Iterator[DbSession]:
     """Commit what the block did, or roll all of it back if it raised."""
     try:
         yield session

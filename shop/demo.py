@@ -8,12 +8,20 @@ from __future__ import annotations
 from datetime import date
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shop.accounts.models import Role, User
 from shop.accounts.services import create_user
 from shop.catalog.credit_code import check_character
-from shop.catalog.models import Category, Certification, County, District, Pairing, Product, Supplier
+from shop.catalog.models import (
+    Category,
+    Certification,
+    County,
+    District,
+    Pairing,
+    Product,
+    Supplier,
+)
+from shop.db import DbSession
 
 DEMO_PASSWORD = "demo-password"
 DEMO_ACCOUNTS = [
@@ -66,9 +74,17 @@ SUPPLIERS = [  # key, name, county, registration type, households lifted, certif
     ("xy-food", "兴义市黔味特色食品有限公司", "兴义市", "91", None, date(2025, 12, 31)),
 ]
 
-T, F, V, G, M, P, O = (Category.TEA, Category.FRUIT, Category.VEGETABLE, Category.GRAIN_OIL,
-                       Category.MEAT_EGG, Category.PROCESSED, Category.OTHER)
+T, F, V, G, M, P, OT = (
+    Category.TEA,
+    Category.FRUIT,
+    Category.VEGETABLE,
+    Category.GRAIN_OIL,
+    Category.MEAT_EGG,
+    Category.PROCESSED,
+    Category.OTHER,
+)
 ALL_YEAR = (None, None)
+# fmt: off
 PRODUCTS = [  # sku, name, English, category, supplier, pack, price fen, stock, season, certified, cold
     ("PA-TEA-001", "普安红茶（特级）", "Pu'an black tea, special grade", T, "pa-tea", "250g/罐", 12800, 600, ALL_YEAR, True, False),
     ("PA-TEA-002", "普安早春绿茶", "Pu'an early-spring green tea", T, "pa-coop", "100g/袋", 6800, 800, ALL_YEAR, True, False),
@@ -101,9 +117,10 @@ PRODUCTS = [  # sku, name, English, category, supplier, pack, price fen, stock, 
     ("XY-EK-001", "兴义饵块粑", "Xingyi rice cakes", P, "xy-food", "2kg/箱", 3800, 500, ALL_YEAR, True, False),
     ("WM-MG-003", "望谟芒果干", "Wangmo dried mango", P, "wm-mango", "200g/袋", 2800, 1500, ALL_YEAR, True, False),
     ("WM-BL-001", "望谟板栗仁", "Wangmo chestnut kernels", P, "wm-food", "500g/袋", 3500, 800, ALL_YEAR, True, False),
-    ("AL-BJ-001", "安龙白及粉", "Anlong bletilla powder", O, "al-fungi", "100g/罐", 6800, 200, ALL_YEAR, False, False),
-    ("CH-FM-001", "册亨野生蜂蜜", "Ceheng wild honey", O, "ch-coop", "500g/瓶", 8800, 300, ALL_YEAR, True, False),
+    ("AL-BJ-001", "安龙白及粉", "Anlong bletilla powder", OT, "al-fungi", "100g/罐", 6800, 200, ALL_YEAR, False, False),
+    ("CH-FM-001", "册亨野生蜂蜜", "Ceheng wild honey", OT, "ch-coop", "500g/瓶", 8800, 300, ALL_YEAR, True, False),
 ]
+# fmt: on
 
 
 def demo_credit_code(registration: str, county_code: str, serial: int) -> str:
@@ -111,41 +128,63 @@ def demo_credit_code(registration: str, county_code: str, serial: int) -> str:
     return body + check_character(body)
 
 
-def load_demo_data(session: Session) -> bool:
+def load_demo_data(session: DbSession) -> bool:
     """Add the demo catalogue and accounts where missing; True if anything was added."""
     added = _load_accounts(session)
     if session.scalar(select(County.id).limit(1)) is not None:
         return added
-    counties = {name: County(code=code, name=name, name_en=en, cooperation=coop)
-                for code, name, en, coop in COUNTIES}
-    districts = {name: District(code=code, name=name, name_en=en, functional_zone=zone)
-                 for code, name, en, zone in DISTRICTS}
+    counties = {
+        name: County(code=code, name=name, name_en=en, cooperation=coop)
+        for code, name, en, coop in COUNTIES
+    }
+    districts = {
+        name: District(code=code, name=name, name_en=en, functional_zone=zone)
+        for code, name, en, zone in DISTRICTS
+    }
     session.add_all([*counties.values(), *districts.values()])
-    session.add_all(Pairing(district=districts[d], county=counties[c], demo=demo)
-                    for d, c, demo in PAIRINGS)
+    session.add_all(
+        Pairing(district=districts[d], county=counties[c], demo=demo) for d, c, demo in PAIRINGS
+    )
     suppliers: dict[str, Supplier] = {}
     for serial, (key, name, county, registration, households, valid_to) in enumerate(SUPPLIERS, 1):
         supplier = Supplier(
-            name=name, county=counties[county], households_lifted=households,
-            credit_code=demo_credit_code(registration, next(c for c, n, *_ in COUNTIES
-                                                            if n == county), serial),
+            name=name,
+            county=counties[county],
+            households_lifted=households,
+            credit_code=demo_credit_code(
+                registration, next(c for c, n, *_ in COUNTIES if n == county), serial
+            ),
         )
-        supplier.certifications.append(Certification(
-            number=f"QXN-XFBF-2024-{serial:04d}", valid_from=date(2024, 1, 1), valid_to=valid_to))
+        supplier.certifications.append(
+            Certification(
+                number=f"QXN-XFBF-2024-{serial:04d}", valid_from=date(2024, 1, 1), valid_to=valid_to
+            )
+        )
         suppliers[key] = supplier
     session.add_all(suppliers.values())
-    for sku, name, en, category, supplier, pack, price, stock, season, certified, cold in PRODUCTS:
-        session.add(Product(
-            sku=sku, name=name, name_en=en, category=category.value, supplier=suppliers[supplier],
-            pack=pack, price_fen=price, stock=stock, season_from=season[0], season_to=season[1],
-            certified=certified, cold_chain=cold,
-            description=f"{name}，产自黔西南州{suppliers[supplier].county.name}。",
-        ))
+    for sku, name, en, category, maker, pack, price, stock, season, certified, cold in PRODUCTS:
+        session.add(
+            Product(
+                sku=sku,
+                name=name,
+                name_en=en,
+                category=category.value,
+                supplier=suppliers[maker],
+                pack=pack,
+                price_fen=price,
+                stock=stock,
+                season_from=season[0],
+                season_to=season[1],
+                certified=certified,
+                cold_chain=cold,
+                description=f"{name}，产自黔西南州{suppliers[maker].county.name}。",
+            )
+        )
     session.flush()
     return True
 
 
-def _load_accounts(session: Session) -> bool:
+def _load_accounts(session: DbSession) -> bool:
     added = False
     for email, name, role in DEMO_ACCOUNTS:
         if session.scalar(select(User.id).where(User.email == email)) is None:

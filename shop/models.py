@@ -6,7 +6,20 @@ from shop.orders.models import Order, OrderAddress, OrderLine, Refund, RefundLin
 from shop.payments.models import StripeEvent
 
 __all__ = [
-    "ApiToken", "AuditEntry", "Certification", "County", "District", "Order", "OrderAddress",
-    "OrderLine", "Pairing", "Product", "Refund", "RefundLine", "StatusChange", "StripeEvent",
-    "Supplier", "User",
+    "ApiToken",
+    "AuditEntry",
+    "Certification",
+    "County",
+    "District",
+    "Order",
+    "OrderAddress",
+    "OrderLine",
+    "Pairing",
+    "Product",
+    "Refund",
+    "RefundLine",
+    "StatusChange",
+    "StripeEvent",
+    "Supplier",
+    "User",
 ]

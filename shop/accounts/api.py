@@ -33,8 +33,17 @@ def _login_limit() -> str:
     return str(current_app.config["LOGIN_RATE_LIMIT"])
 
 
-@endpoint(bp, "/auth/tokens", "POST", summary="Exchange e-mail and password for a bearer token",
-          body=TokenRequest, response=TokenOut, status=201, roles=None, errors=(401, 429))
+@endpoint(
+    bp,
+    "/auth/tokens",
+    "POST",
+    summary="Exchange e-mail and password for a bearer token",
+    body=TokenRequest,
+    response=TokenOut,
+    status=201,
+    roles=None,
+    errors=(401, 429),
+)
 @limiter.limit(_login_limit)
 def create_token(body: TokenRequest) -> TokenOut:
     user = authenticate(db.session, body.email, body.password)

@@ -10,10 +10,9 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shop.accounts.models import ApiToken, AuditEntry, Role, User
-from shop.db import utcnow
+from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, Unauthorized
 
 _hasher = PasswordHasher()
@@ -27,7 +26,7 @@ def normalise_email(email: str) -> str:
 
 
 def create_user(
-    session: Session, *, email: str, password: str, name: str, role: Role = Role.BUYER
+    session: DbSession, *, email: str, password: str, name: str, role: Role = Role.BUYER
 ) -> User:
     email = normalise_email(email)
     if "@" not in email or len(email) > 254:
@@ -44,7 +43,7 @@ def create_user(
     return user
 
 
-def authenticate(session: Session, email: str, password: str) -> User:
+def authenticate(session: DbSession, email: str, password: str) -> User:
     user = session.scalar(select(User).where(User.email == normalise_email(email)))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -59,7 +58,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(session: Session, user: User, *, days: int) -> str:
+def issue_token(session: DbSession, user: User, *, days: int) -> str:
     token = "hq_" + secrets.token_urlsafe(32)
     session.add(
         ApiToken(
@@ -70,15 +69,16 @@ def issue_token(session: Session, user: User, *, days: int) -> str:
     return token
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def user_for_token(session: DbSession, token: str) -> User | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
     if row is None or row.revoked or row.expires_at <= utcnow() or not row.user.active:
         return None
     return row.user
 
 
-def audit(session: Session, actor: User | None, action: str, target: str, **details: Any) -> None:
+def audit(session: DbSession, actor: User | None, action: str, target: str, **details: Any) -> None:
     session.add(
-        AuditEntry(actor_id=actor.id if actor else None, action=action, target=target,
-                   details=details)
+        AuditEntry(
+            actor_id=actor.id if actor else None, action=action, target=target, details=details
+        )
     )

@@ -54,11 +54,16 @@ class SupplierOut(BaseModel):
     @classmethod
     def of(cls, supplier: Supplier) -> SupplierOut:
         return cls(
-            id=supplier.id, name=supplier.name, credit_code=supplier.credit_code,
-            county=supplier.county.name, contact=supplier.contact,
+            id=supplier.id,
+            name=supplier.name,
+            credit_code=supplier.credit_code,
+            county=supplier.county.name,
+            contact=supplier.contact,
             households_lifted=supplier.households_lifted,
-            certifications=[CertificationOut.model_validate(c, from_attributes=True)
-                            for c in supplier.certifications],
+            certifications=[
+                CertificationOut.model_validate(c, from_attributes=True)
+                for c in supplier.certifications
+            ],
         )
 
 
@@ -111,24 +116,47 @@ def _product_out(sku: str) -> ProductOut:
     return ProductOut.of(view, view.product.in_season(today))
 
 
-@endpoint(bp, "/admin/suppliers", "GET", summary="Suppliers with their certificates",
-          response=SupplierListOut, roles=ADMIN)
+@endpoint(
+    bp,
+    "/admin/suppliers",
+    "GET",
+    summary="Suppliers with their certificates",
+    response=SupplierListOut,
+    roles=ADMIN,
+)
 def list_suppliers(user: User) -> SupplierListOut:
     suppliers = db.session.scalars(select(Supplier).order_by(Supplier.id))
     return SupplierListOut(items=[SupplierOut.of(s) for s in suppliers])
 
 
-@endpoint(bp, "/admin/suppliers", "POST", summary="Register a supplier", body=SupplierIn,
-          response=SupplierOut, status=201, roles=ADMIN, errors=(409,))
+@endpoint(
+    bp,
+    "/admin/suppliers",
+    "POST",
+    summary="Register a supplier",
+    body=SupplierIn,
+    response=SupplierOut,
+    status=201,
+    roles=ADMIN,
+    errors=(409,),
+)
 def create_supplier(user: User, body: SupplierIn) -> SupplierOut:
     supplier = services.create_supplier(db.session, user, **body.model_dump())
     db.session.commit()
     return SupplierOut.of(supplier)
 
 
-@endpoint(bp, "/admin/suppliers/<int:supplier_id>/certifications", "POST",
-          summary="Record a 消费帮扶产品认定 certificate", body=CertificationIn,
-          response=SupplierOut, status=201, roles=ADMIN, errors=(404, 409))
+@endpoint(
+    bp,
+    "/admin/suppliers/<int:supplier_id>/certifications",
+    "POST",
+    summary="Record a 消费帮扶产品认定 certificate",
+    body=CertificationIn,
+    response=SupplierOut,
+    status=201,
+    roles=ADMIN,
+    errors=(404, 409),
+)
 def add_certification(user: User, supplier_id: int, body: CertificationIn) -> SupplierOut:
     supplier = services.get_supplier(db.session, supplier_id)
     services.add_certification(db.session, user, supplier, **body.model_dump())
@@ -137,16 +165,32 @@ def add_certification(user: User, supplier_id: int, body: CertificationIn) -> Su
     return SupplierOut.of(supplier)
 
 
-@endpoint(bp, "/admin/products", "POST", summary="Create a product", body=ProductIn,
-          response=ProductOut, status=201, roles=ADMIN)
+@endpoint(
+    bp,
+    "/admin/products",
+    "POST",
+    summary="Create a product",
+    body=ProductIn,
+    response=ProductOut,
+    status=201,
+    roles=ADMIN,
+)
 def create_product(user: User, body: ProductIn) -> ProductOut:
     product = services.save_product(db.session, user, None, body.model_dump())
     db.session.commit()
     return _product_out(product.sku)
 
 
-@endpoint(bp, "/admin/products/<sku>", "PATCH", summary="Change stock, price or details",
-          body=ProductPatch, response=ProductOut, roles=ADMIN, errors=(404,))
+@endpoint(
+    bp,
+    "/admin/products/<sku>",
+    "PATCH",
+    summary="Change stock, price or details",
+    body=ProductPatch,
+    response=ProductOut,
+    roles=ADMIN,
+    errors=(404,),
+)
 def update_product(user: User, sku: str, body: ProductPatch) -> ProductOut:
     product = services.get_product_for_update(db.session, sku)
     services.save_product(db.session, user, product, body.model_dump(exclude_unset=True))
@@ -154,13 +198,28 @@ def update_product(user: User, sku: str, body: ProductPatch) -> ProductOut:
     return _product_out(sku)
 
 
-@endpoint(bp, "/admin/orders/<number>/shipment", "POST", summary="Mark an order shipped",
-          body=ShipmentIn, response=OrderOut, roles=ADMIN, errors=(404, 409))
+@endpoint(
+    bp,
+    "/admin/orders/<number>/shipment",
+    "POST",
+    summary="Mark an order shipped",
+    body=ShipmentIn,
+    response=OrderOut,
+    roles=ADMIN,
+    errors=(404, 409),
+)
 def ship_order(user: User, number: str, body: ShipmentIn) -> OrderOut:
     order = get_order(db.session, number, lock=True)
-    mark_shipped(db.session, order, carrier=body.carrier, tracking_number=body.tracking_number,
-                 actor=user)
-    audit(db.session, user, "order.ship", number, carrier=body.carrier,
-                   tracking_number=body.tracking_number)
+    mark_shipped(
+        db.session, order, carrier=body.carrier, tracking_number=body.tracking_number, actor=user
+    )
+    audit(
+        db.session,
+        user,
+        "order.ship",
+        number,
+        carrier=body.carrier,
+        tracking_number=body.tracking_number,
+    )
     db.session.commit()
     return OrderOut.of(order)

@@ -6,35 +6,46 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shop.accounts.models import User
 from shop.accounts.services import audit
 from shop.catalog.credit_code import is_valid_credit_code
 from shop.catalog.models import Category, Certification, Product, Supplier
 from shop.catalog.services import resolve_county
+from shop.db import DbSession
 from shop.errors import Conflict, InvalidInput, NotFound
 
 SEASON_FORMAT = "MM-DD"
 
 
 def create_supplier(
-    session: Session, actor: User, *, name: str, credit_code: str, county: str,
-    contact: str | None = None, households_lifted: int | None = None,
+    session: DbSession,
+    actor: User,
+    *,
+    name: str,
+    credit_code: str,
+    county: str,
+    contact: str | None = None,
+    households_lifted: int | None = None,
 ) -> Supplier:
     code = credit_code.strip().upper()
     if not is_valid_credit_code(code):
-        raise InvalidInput("统一社会信用代码无效（应为 18 位且校验位正确）。",
-                           details=[{"field": "credit_code"}])
+        raise InvalidInput(
+            "统一社会信用代码无效（应为 18 位且校验位正确）。", details=[{"field": "credit_code"}]
+        )
     if session.scalar(select(Supplier.id).where(Supplier.credit_code == code)):
         raise Conflict("该统一社会信用代码已登记。", code="duplicate_credit_code")
     if not name.strip():
         raise InvalidInput("请填写供应商名称。", details=[{"field": "name"}])
     if households_lifted is not None and households_lifted < 0:
         raise InvalidInput("带动脱贫户数不能为负。", details=[{"field": "households_lifted"}])
-    supplier = Supplier(name=name.strip(), credit_code=code,
-                        county_id=resolve_county(session, county).id, contact=contact,
-                        households_lifted=households_lifted)
+    supplier = Supplier(
+        name=name.strip(),
+        credit_code=code,
+        county_id=resolve_county(session, county).id,
+        contact=contact,
+        households_lifted=households_lifted,
+    )
     session.add(supplier)
     session.flush()
     audit(session, actor, "supplier.create", f"supplier:{supplier.id}", credit_code=code)
@@ -42,23 +53,38 @@ def create_supplier(
 
 
 def add_certification(
-    session: Session, actor: User, supplier: Supplier, *, number: str, valid_from: date,
+    session: DbSession,
+    actor: User,
+    supplier: Supplier,
+    *,
+    number: str,
+    valid_from: date,
     valid_to: date,
 ) -> Certification:
     if valid_from > valid_to:
-        raise InvalidInput("认定有效期的开始日期不能晚于结束日期。", details=[{"field": "valid_to"}])
+        raise InvalidInput(
+            "认定有效期的开始日期不能晚于结束日期。", details=[{"field": "valid_to"}]
+        )
     if session.scalar(select(Certification.id).where(Certification.number == number)):
         raise Conflict("该认定证书编号已登记。", code="duplicate_certificate")
-    certification = Certification(supplier=supplier, number=number.strip(),
-                                  valid_from=valid_from, valid_to=valid_to)
+    certification = Certification(
+        supplier=supplier, number=number.strip(), valid_from=valid_from, valid_to=valid_to
+    )
     session.add(certification)
     session.flush()
-    audit(session, actor, "certification.create", f"supplier:{supplier.id}", number=number,
-          valid_from=valid_from.isoformat(), valid_to=valid_to.isoformat())
+    audit(
+        session,
+        actor,
+        "certification.create",
+        f"supplier:{supplier.id}",
+        number=number,
+        valid_from=valid_from.isoformat(),
+        valid_to=valid_to.isoformat(),
+    )
     return certification
 
 
-def get_supplier(session: Session, supplier_id: int) -> Supplier:
+def get_supplier(session: DbSession, supplier_id: int) -> Supplier:
     supplier = session.get(Supplier, supplier_id)
     if supplier is None:
         raise NotFound(f"没有编号为 {supplier_id} 的供应商。")
@@ -78,7 +104,7 @@ def _check_season(value: str | None, field: str) -> list[dict[str, Any]]:
 
 
 def save_product(
-    session: Session, actor: User, product: Product | None, changes: dict[str, Any]
+    session: DbSession, actor: User, product: Product | None, changes: dict[str, Any]
 ) -> Product:
     """Create a product (product=None) or change the given fields of one, after checking them."""
     problems: list[dict[str, Any]] = []
@@ -114,12 +140,18 @@ def save_product(
         for key, value in changes.items():
             setattr(product, key, value)
     session.flush()
-    audit(session, actor, "product.create" if not before else "product.update",
-          f"product:{product.sku}", before=before, after=changes)
+    audit(
+        session,
+        actor,
+        "product.create" if not before else "product.update",
+        f"product:{product.sku}",
+        before=before,
+        after=changes,
+    )
     return product
 
 
-def get_product_for_update(session: Session, sku: str) -> Product:
+def get_product_for_update(session: DbSession, sku: str) -> Product:
     product = session.scalar(select(Product).where(Product.sku == sku).with_for_update())
     if product is None:
         raise NotFound(f"没有编码为 {sku} 的商品。")

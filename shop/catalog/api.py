@@ -39,10 +39,17 @@ class ProductOut(BaseModel):
     def of(cls, view: ProductView, today_in_season: bool) -> ProductOut:
         product: Product = view.product
         return cls(
-            sku=product.sku, name=product.name, name_en=product.name_en,
-            county=product.county.name, county_code=product.county.code,
-            category=product.category, pack=product.pack, price_fen=product.price_fen,
-            stock=product.stock, certified=view.certified, in_season=today_in_season,
+            sku=product.sku,
+            name=product.name,
+            name_en=product.name_en,
+            county=product.county.name,
+            county_code=product.county.code,
+            category=product.category,
+            pack=product.pack,
+            price_fen=product.price_fen,
+            stock=product.stock,
+            certified=view.certified,
+            in_season=today_in_season,
             season=Season.model_validate({"from": product.season_from, "to": product.season_to}),
             supplier=product.supplier.name,
         )
@@ -64,22 +71,43 @@ class ProductPageOut(BaseModel):
     total: int
 
 
-@endpoint(bp, "/products", "GET", summary="List products", query=ProductQuery,
-          response=ProductPageOut, roles=None)
+@endpoint(
+    bp,
+    "/products",
+    "GET",
+    summary="List products",
+    query=ProductQuery,
+    response=ProductPageOut,
+    roles=None,
+)
 def list_products(query: ProductQuery) -> ProductPageOut:
     today = shanghai_today(utcnow())
     found = search_products(
-        db.session, today, county=query.county, category=query.category, q=query.q,
-        page=query.page, per_page=current_app.config["CATALOG_PAGE_SIZE"],
+        db.session,
+        today,
+        county=query.county,
+        category=query.category,
+        q=query.q,
+        page=query.page,
+        per_page=current_app.config["CATALOG_PAGE_SIZE"],
     )
     return ProductPageOut(
         items=[ProductOut.of(view, view.product.in_season(today)) for view in found.items],
-        page=found.page, pages=found.pages, total=found.total,
+        page=found.page,
+        pages=found.pages,
+        total=found.total,
     )
 
 
-@endpoint(bp, "/products/<sku>", "GET", summary="One product", response=ProductOut, roles=None,
-          errors=(404,))
+@endpoint(
+    bp,
+    "/products/<sku>",
+    "GET",
+    summary="One product",
+    response=ProductOut,
+    roles=None,
+    errors=(404,),
+)
 def show_product(sku: str) -> ProductOut:
     today = shanghai_today(utcnow())
     view = get_product(db.session, sku, today)

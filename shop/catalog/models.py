@@ -131,7 +131,8 @@ class Product(Base):
     # Recurring yearly window as "MM-DD"; a window may wrap the new year. None: all year.
     season_from: Mapped[str | None] = mapped_column(String(5))
     season_to: Mapped[str | None] = mapped_column(String(5))
-    # Listed in the 消费帮扶产品认定 catalogue; counts only while the supplier's certificate is valid.
+    # Listed in the 消费帮扶产品认定 catalogue; counts only while the supplier's certificate
+    # is valid.
     certified: Mapped[bool] = mapped_column(default=False)
     cold_chain: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)

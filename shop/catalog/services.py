@@ -6,10 +6,11 @@ import math
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Label, Select, and_, exists, func, or_, select
+from sqlalchemy.orm import contains_eager
 
 from shop.catalog.models import Category, Certification, County, Product, Supplier
+from shop.db import DbSession
 from shop.errors import InvalidInput, NotFound
 
 
@@ -27,7 +28,7 @@ class ProductPage:
     total: int
 
 
-def _certified_now(today: date):  # type: ignore[no-untyped-def]
+def _certified_now(today: date) -> Label[bool]:
     valid = exists().where(
         Certification.supplier_id == Product.supplier_id,
         Certification.valid_from <= today,
@@ -36,7 +37,7 @@ def _certified_now(today: date):  # type: ignore[no-untyped-def]
     return and_(Product.certified, valid).label("certified_now")
 
 
-def resolve_county(session: Session, value: str) -> County:
+def resolve_county(session: DbSession, value: str) -> County:
     county = session.scalar(select(County).where(or_(County.code == value, County.name == value)))
     if county is None:
         raise InvalidInput(f"没有名为或编码为「{value}」的产地县。", details=[{"field": "county"}])
@@ -49,7 +50,7 @@ def catalogue_query(
     county_id: int | None = None,
     category: Category | None = None,
     q: str | None = None,
-) -> Select[tuple[Product, bool, int]]:
+) -> Select[Product, bool, int]:
     query = (
         select(Product, _certified_now(today), func.count().over().label("total"))
         .join(Product.supplier)
@@ -64,14 +65,18 @@ def catalogue_query(
     if q:
         pattern = f"%{q.strip()}%"
         query = query.where(
-            or_(Product.name.ilike(pattern), Product.name_en.ilike(pattern),
-                Product.sku.ilike(pattern), Supplier.name.ilike(pattern))
+            or_(
+                Product.name.ilike(pattern),
+                Product.name_en.ilike(pattern),
+                Product.sku.ilike(pattern),
+                Supplier.name.ilike(pattern),
+            )
         )
     return query.order_by(Product.category, Product.sku)
 
 
 def search_products(
-    session: Session,
+    session: DbSession,
     today: date,
     *,
     county: str | None = None,
@@ -101,7 +106,7 @@ def search_products(
     )
 
 
-def get_product(session: Session, sku: str, today: date) -> ProductView:
+def get_product(session: DbSession, sku: str, today: date) -> ProductView:
     row = session.execute(catalogue_query(today).where(Product.sku == sku)).first()
     if row is None:
         raise NotFound(f"没有编码为 {sku} 的商品。")

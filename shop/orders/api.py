@@ -92,21 +92,37 @@ class OrderOut(BaseModel):
     def of(cls, order: Order) -> OrderOut:
         address = order.addresses[0] if order.addresses else None
         return cls(
-            number=order.number, status=order.status, channel=order.channel,
-            goods_fen=order.goods_fen, shipping_fen=order.shipping_fen,
-            total_fen=order.total_fen, refunded_fen=order.refunded_fen, currency=order.currency,
-            created_at=order.created_at, expires_at=order.expires_at, paid_at=order.paid_at,
+            number=order.number,
+            status=order.status,
+            channel=order.channel,
+            goods_fen=order.goods_fen,
+            shipping_fen=order.shipping_fen,
+            total_fen=order.total_fen,
+            refunded_fen=order.refunded_fen,
+            currency=order.currency,
+            created_at=order.created_at,
+            expires_at=order.expires_at,
+            paid_at=order.paid_at,
             checkout_url=order.checkout_url if order.status == "awaiting_payment" else None,
-            carrier=order.carrier, tracking_number=order.tracking_number,
+            carrier=order.carrier,
+            tracking_number=order.tracking_number,
             lines=[
-                LineOut(sku=line.sku, name=line.name, pack=line.pack,
-                        county=line.product.county.name, unit_price_fen=line.unit_price_fen,
-                        quantity=line.quantity, amount_fen=line.amount_fen,
-                        refunded_quantity=line.refunded_quantity)
+                LineOut(
+                    sku=line.sku,
+                    name=line.name,
+                    pack=line.pack,
+                    county=line.product.county.name,
+                    unit_price_fen=line.unit_price_fen,
+                    quantity=line.quantity,
+                    amount_fen=line.amount_fen,
+                    refunded_quantity=line.refunded_quantity,
+                )
                 for line in order.lines
             ],
             address=AddressOut.model_validate(address, from_attributes=True) if address else None,
-            history=[StatusChangeOut.model_validate(h, from_attributes=True) for h in order.history],
+            history=[
+                StatusChangeOut.model_validate(h, from_attributes=True) for h in order.history
+            ],
             refunds=[RefundOut.model_validate(r, from_attributes=True) for r in order.refunds],
         )
 
@@ -141,13 +157,24 @@ def own_order(user: User, number: str, *, lock: bool = False) -> Order:
     return order
 
 
-@endpoint(bp, "/orders", "POST", summary="Place an order and open its Stripe Checkout",
-          body=OrderIn, response=OrderOut, status=201, errors=(409, 503))
+@endpoint(
+    bp,
+    "/orders",
+    "POST",
+    summary="Place an order and open its Stripe Checkout",
+    body=OrderIn,
+    response=OrderOut,
+    status=201,
+    errors=(409, 503),
+)
 def create_order(user: User, body: OrderIn) -> OrderOut:
     order = payments.checkout(
-        db.session, stripe_client(), user,
+        db.session,
+        stripe_client(),
+        user,
         [RequestedLine(line.sku, line.quantity) for line in body.lines],
-        Address(**body.address.model_dump()), current_app.config,
+        Address(**body.address.model_dump()),
+        current_app.config,
     )
     return OrderOut.of(order)
 
@@ -162,25 +189,48 @@ def show_order(user: User, number: str) -> OrderOut:
     return OrderOut.of(own_order(user, number))
 
 
-@endpoint(bp, "/orders/<number>/cancel", "POST", summary="Cancel an unpaid order",
-          response=OrderOut, errors=(404, 409, 503))
+@endpoint(
+    bp,
+    "/orders/<number>/cancel",
+    "POST",
+    summary="Cancel an unpaid order",
+    response=OrderOut,
+    errors=(404, 409, 503),
+)
 def cancel_order(user: User, number: str) -> OrderOut:
     order = own_order(user, number, lock=True)
     if order.user_id != user.id and not user.has_role(Role.ADMIN):
         raise Forbidden("只有下单人或运营人员可以取消订单。")
-    if not payments.cancel_unpaid(db.session, stripe_client(), order, actor=user,
-                                  reason="买家取消" if order.user_id == user.id else "运营取消"):
+    if not payments.cancel_unpaid(
+        db.session,
+        stripe_client(),
+        order,
+        actor=user,
+        reason="买家取消" if order.user_id == user.id else "运营取消",
+    ):
         raise payments.AlreadyPaid(f"订单 {number} 已支付，不能取消。")
     db.session.commit()
     return OrderOut.of(order)
 
 
-@endpoint(bp, "/orders/<number>/refunds", "POST", summary="Refund a paid order (admin)",
-          body=RefundIn, response=OrderOut, status=201, roles=(Role.ADMIN,),
-          errors=(404, 409, 503))
+@endpoint(
+    bp,
+    "/orders/<number>/refunds",
+    "POST",
+    summary="Refund a paid order (admin)",
+    body=RefundIn,
+    response=OrderOut,
+    status=201,
+    roles=(Role.ADMIN,),
+    errors=(404, 409, 503),
+)
 def refund_order(user: User, number: str, body: RefundIn) -> OrderOut:
     order = payments.refund(
-        db.session, stripe_client(), number, actor=user, amount_fen=body.amount_fen,
+        db.session,
+        stripe_client(),
+        number,
+        actor=user,
+        amount_fen=body.amount_fen,
         lines=[(line.sku, line.quantity) for line in body.lines] if body.lines else None,
         reason=body.reason,
     )

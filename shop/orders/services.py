@@ -7,14 +7,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, select, update
 
 from shop.accounts.models import User
 from shop.catalog.models import District, Product
-from shop.db import utcnow
+from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.orders.models import (
     RESERVING,
@@ -73,7 +72,7 @@ class ShippingRule:
 
 
 def transition(
-    session: Session, order: Order, to: Status, *, actor: User | None = None, reason: str = ""
+    session: DbSession, order: Order, to: Status, *, actor: User | None = None, reason: str = ""
 ) -> None:
     """Move an order to `to`, or refuse; leaving a reserving state for `cancelled` frees stock."""
     current = Status(order.status)
@@ -92,7 +91,7 @@ def transition(
     )
 
 
-def _release_stock(session: Session, order: Order) -> None:
+def _release_stock(session: DbSession, order: Order) -> None:
     for line in sorted(order.lines, key=lambda line: line.product_id):
         session.execute(
             update(Product)
@@ -101,18 +100,19 @@ def _release_stock(session: Session, order: Order) -> None:
         )
 
 
-def reserve_stock(session: Session, wanted: Sequence[tuple[Product, int]]) -> None:
+def reserve_stock(session: DbSession, wanted: Sequence[tuple[Product, int]]) -> None:
     """Take stock with conditional updates, in a fixed order so concurrent orders never deadlock.
 
     The caller's transaction is rolled back on OutOfStock, which undoes the lines taken so far.
     """
     for product, quantity in sorted(wanted, key=lambda pair: pair[0].id):
-        taken = session.execute(
+        result = session.execute(
             update(Product)
             .where(Product.id == product.id, Product.stock >= quantity)
             .values(stock=Product.stock - quantity)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
+        taken = cast(CursorResult[Any], result).rowcount
         if taken != 1:
             raise OutOfStock(
                 f"{product.name}（{product.sku}）库存不足。",
@@ -121,7 +121,7 @@ def reserve_stock(session: Session, wanted: Sequence[tuple[Product, int]]) -> No
 
 
 def check_lines(
-    session: Session, requested: Sequence[RequestedLine], *, today: date, max_quantity: int
+    session: DbSession, requested: Sequence[RequestedLine], *, today: date, max_quantity: int
 ) -> list[tuple[Product, int]]:
     """Resolve SKUs and refuse anything that cannot be sold today, listing every problem."""
     if not requested:
@@ -169,7 +169,7 @@ def check_lines(
     return checked
 
 
-def check_address(session: Session, address: Address) -> OrderAddress:
+def check_address(session: DbSession, address: Address) -> OrderAddress:
     problems = [
         {"field": f"address.{name}", "message": "此项必填。"}
         for name in ("name", "phone", "province", "city", "district", "detail")
@@ -182,7 +182,10 @@ def check_address(session: Session, address: Address) -> OrderAddress:
         district_id = session.scalar(select(District.id).where(District.name == address.district))
         if district_id is None:
             problems.append(
-                {"field": "address.district", "message": f"惠州市没有名为「{address.district}」的区县。"}
+                {
+                    "field": "address.district",
+                    "message": f"惠州市没有名为「{address.district}」的区县。",
+                }
             )
     if problems:
         raise InvalidInput("收货地址不完整或有误。", details=problems)
@@ -197,7 +200,7 @@ def check_address(session: Session, address: Address) -> OrderAddress:
     )
 
 
-def new_order_number(session: Session, now: datetime) -> str:
+def new_order_number(session: DbSession, now: datetime) -> str:
     while True:
         number = f"HQ{now.astimezone(SHANGHAI):%y%m%d}{secrets.randbelow(10**6):06d}"
         if session.scalar(select(Order.id).where(Order.number == number)) is None:
@@ -205,7 +208,7 @@ def new_order_number(session: Session, now: datetime) -> str:
 
 
 def place_order(
-    session: Session,
+    session: DbSession,
     user: User,
     requested: Sequence[RequestedLine],
     address: Address,
@@ -220,8 +223,17 @@ def place_order(
     """
     now = utcnow()
     today = shanghai_today(now)
-    checked = check_lines(session, requested, today=today, max_quantity=max_quantity)
-    order_address = check_address(session, address)
+    problems: list[dict[str, Any]] = []
+    try:
+        checked = check_lines(session, requested, today=today, max_quantity=max_quantity)
+    except InvalidInput as exc:
+        problems += exc.details
+    try:
+        order_address = check_address(session, address)
+    except InvalidInput as exc:
+        problems += exc.details
+    if problems:
+        raise InvalidInput("订单信息有误，请修改后重试。", details=problems)
     goods_fen = sum(product.price_fen * quantity for product, quantity in checked)
     shipping_fen = shipping.charge(goods_fen, [product for product, _ in checked])
     reserve_stock(session, checked)
@@ -263,7 +275,7 @@ def place_order(
     return order
 
 
-def get_order(session: Session, number: str, *, lock: bool = False) -> Order:
+def get_order(session: DbSession, number: str, *, lock: bool = False) -> Order:
     query = select(Order).where(Order.number == number)
     if lock:
         query = query.with_for_update()
@@ -273,14 +285,14 @@ def get_order(session: Session, number: str, *, lock: bool = False) -> Order:
     return order
 
 
-def orders_of(session: Session, user: User) -> Sequence[Order]:
+def orders_of(session: DbSession, user: User) -> Sequence[Order]:
     return session.scalars(
         select(Order).where(Order.user_id == user.id).order_by(Order.created_at.desc())
     ).all()
 
 
 def mark_shipped(
-    session: Session, order: Order, *, carrier: str, tracking_number: str, actor: User
+    session: DbSession, order: Order, *, carrier: str, tracking_number: str, actor: User
 ) -> None:
     if not carrier.strip() or not tracking_number.strip():
         raise InvalidInput(
@@ -292,11 +304,13 @@ def mark_shipped(
     order.tracking_number = tracking_number.strip()
 
 
-def expired_unpaid(session: Session, now: datetime) -> Sequence[Order]:
+def expired_unpaid(session: DbSession, now: datetime) -> Sequence[Order]:
     return session.scalars(
         select(Order)
-        .where(Order.status == Status.AWAITING_PAYMENT, Order.expires_at <= now,
-               Order.channel == Channel.ONLINE)
+        .where(
+            Order.status == Status.AWAITING_PAYMENT,
+            Order.expires_at <= now,
+            Order.channel == Channel.ONLINE,
+        )
         .order_by(Order.id)
     ).all()
-

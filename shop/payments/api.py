@@ -15,8 +15,14 @@ bp = api_blueprint("stripe_api", __name__)
 log = logging.getLogger(__name__)
 
 
-@endpoint(bp, "/stripe/webhook", "POST", summary="Stripe webhook (Stripe-Signature verified)",
-          roles=None, errors=(400,))
+@endpoint(
+    bp,
+    "/stripe/webhook",
+    "POST",
+    summary="Stripe webhook (Stripe-Signature verified)",
+    roles=None,
+    errors=(400,),
+)
 def stripe_webhook() -> Any:
     try:
         event = verify_webhook(

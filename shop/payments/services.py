@@ -11,11 +11,10 @@ from typing import Any
 import stripe
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shop.accounts.models import User
 from shop.accounts.services import audit
-from shop.db import utcnow
+from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, ServiceUnavailable
 from shop.orders.models import Order, OrderLine, Refund, RefundLine, Status
 from shop.orders.services import (
@@ -81,7 +80,8 @@ def checkout_params(order: Order, config: Mapping[str, Any]) -> dict[str, Any]:
         "currency": "cny",
         "line_items": line_items,
         "payment_method_types": methods,
-        "success_url": f"{base}/orders/{order.number}/confirmation?session_id={{CHECKOUT_SESSION_ID}}",
+        "success_url": f"{base}/orders/{order.number}/confirmation"
+        "?session_id={CHECKOUT_SESSION_ID}",
         "cancel_url": f"{base}/orders/{order.number}",
         "client_reference_id": order.number,
         "customer_email": order.user.email,
@@ -94,17 +94,15 @@ def checkout_params(order: Order, config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def open_checkout(
-    client: stripe.StripeClient, order: Order, config: Mapping[str, Any]
-) -> None:
+def open_checkout(client: stripe.StripeClient, order: Order, config: Mapping[str, Any]) -> None:
     """Create the Checkout Session of a reserved order (idempotent per order)."""
     checkout = client.v1.checkout.sessions.create(
         params=checkout_params(order, config),  # type: ignore[arg-type]
         options={"idempotency_key": f"checkout-session-{order.number}"},
     )
-    order.stripe_checkout_session_id = checkout["id"]
-    order.checkout_url = checkout["url"]
-    payment_intent = checkout.get("payment_intent")
+    order.stripe_checkout_session_id = checkout.id
+    order.checkout_url = checkout.url
+    payment_intent = checkout.payment_intent
     if isinstance(payment_intent, str):
         order.stripe_payment_intent_id = payment_intent
 
@@ -125,7 +123,7 @@ def close_checkout(client: stripe.StripeClient, order: Order) -> bool:
 
 
 def cancel_unpaid(
-    session: Session,
+    session: DbSession,
     client: stripe.StripeClient,
     order: Order,
     *,
@@ -148,7 +146,7 @@ def cancel_unpaid(
 
 
 def checkout(
-    session: Session,
+    session: DbSession,
     client: stripe.StripeClient,
     user: User,
     requested: Sequence[RequestedLine],
@@ -187,7 +185,7 @@ def checkout(
     return order
 
 
-def expire_unpaid_orders(session: Session, client: stripe.StripeClient, now: datetime) -> int:
+def expire_unpaid_orders(session: DbSession, client: stripe.StripeClient, now: datetime) -> int:
     """Cancel online orders whose payment window has passed; returns how many were cancelled.
 
     An order Stripe cannot be reached for is left for the next run; one that was paid in the
@@ -200,7 +198,9 @@ def expire_unpaid_orders(session: Session, client: stripe.StripeClient, now: dat
             session.rollback()
             continue
         try:
-            done = cancel_unpaid(session, client, order, actor=None, reason="超时未支付，库存已退回")
+            done = cancel_unpaid(
+                session, client, order, actor=None, reason="超时未支付，库存已退回"
+            )
         except ServiceUnavailable:
             session.rollback()
             continue
@@ -213,7 +213,7 @@ def expire_unpaid_orders(session: Session, client: stripe.StripeClient, now: dat
 
 
 def recognise_payment(
-    session: Session, order: Order, *, payment_intent: str | None, amount_fen: int, source: str
+    session: DbSession, order: Order, *, payment_intent: str | None, amount_fen: int, source: str
 ) -> bool:
     """Mark an order paid on Stripe's word. Idempotent; False when nothing changed."""
     if order.status != Status.AWAITING_PAYMENT:
@@ -223,7 +223,10 @@ def recognise_payment(
     if amount_fen != order.total_fen:
         log.error(
             "payment %s of %s fen does not match order %s total %s fen; left for reconciliation",
-            payment_intent, amount_fen, order.number, order.total_fen,
+            payment_intent,
+            amount_fen,
+            order.number,
+            order.total_fen,
         )
         return False
     if payment_intent:
@@ -251,8 +254,9 @@ def plan_refund(
 ) -> Refund:
     """Work out what a refund gives back, refusing anything beyond what was paid."""
     if order.status not in REFUNDABLE:
-        raise Conflict(f"订单 {order.number} 当前状态为 {order.status}，不能退款。",
-                       code="invalid_transition")
+        raise Conflict(
+            f"订单 {order.number} 当前状态为 {order.status}，不能退款。", code="invalid_transition"
+        )
     available = order.refundable_fen - _pending_fen(order)
     refund = Refund(order=order, created_by=actor.id, reason=reason)
     if lines:
@@ -261,17 +265,23 @@ def plan_refund(
         for index, (sku, quantity) in enumerate(lines):
             line = by_sku.get(sku)
             if line is None:
-                problems.append({"field": f"lines[{index}].sku", "message": f"订单中没有商品 {sku}。"})
+                problems.append(
+                    {"field": f"lines[{index}].sku", "message": f"订单中没有商品 {sku}。"}
+                )
                 continue
             left = line.quantity - line.refunded_quantity - _pending_quantity(order, line)
             if quantity <= 0 or quantity > left:
                 problems.append(
-                    {"field": f"lines[{index}].quantity", "message": f"{sku} 最多还能退 {left} 件。"}
+                    {
+                        "field": f"lines[{index}].quantity",
+                        "message": f"{sku} 最多还能退 {left} 件。",
+                    }
                 )
                 continue
             refund.lines.append(
-                RefundLine(order_line=line, quantity=quantity,
-                           amount_fen=line.unit_price_fen * quantity)
+                RefundLine(
+                    order_line=line, quantity=quantity, amount_fen=line.unit_price_fen * quantity
+                )
             )
         if problems:
             raise InvalidInput("退款商品有误。", details=problems)
@@ -294,8 +304,9 @@ def plan_refund(
             left = line.quantity - line.refunded_quantity - _pending_quantity(order, line)
             if left > 0:
                 refund.lines.append(
-                    RefundLine(order_line=line, quantity=left,
-                               amount_fen=line.unit_price_fen * left)
+                    RefundLine(
+                        order_line=line, quantity=left, amount_fen=line.unit_price_fen * left
+                    )
                 )
     if refund.amount_fen > available:
         raise InvalidInput(f"可退金额仅剩 {available / 100:.2f} 元。", details=[{"max": available}])
@@ -305,8 +316,10 @@ def plan_refund(
 def _pending_quantity(order: Order, line: OrderLine) -> int:
     return sum(
         rl.quantity
-        for r in order.refunds if r.status == "pending"
-        for rl in r.lines if rl.order_line_id == line.id
+        for r in order.refunds
+        if r.status == "pending"
+        for rl in r.lines
+        if rl.order_line_id == line.id
     )
 
 
@@ -321,11 +334,15 @@ def send_refund(client: stripe.StripeClient, refund: Refund) -> dict[str, Any]:
         },
         options={"idempotency_key": f"refund-{refund.id}"},
     )
-    return {"id": result["id"], "status": result["status"], "amount": result["amount"],
-            "metadata": {"refund_id": str(refund.id)}}
+    return {
+        "id": result["id"],
+        "status": result["status"],
+        "amount": result["amount"],
+        "metadata": {"refund_id": str(refund.id)},
+    }
 
 
-def apply_stripe_refund(session: Session, order: Order, stripe_refund: Mapping[str, Any]) -> bool:
+def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping[str, Any]) -> bool:
     """Reflect a refund Stripe reports in the order, once, whoever asked for it.
 
     Matched by our refund id in its metadata, else by Stripe's id; a refund made directly at
@@ -343,8 +360,12 @@ def apply_stripe_refund(session: Session, order: Order, stripe_refund: Mapping[s
     if refund is None:
         if status != "succeeded":
             return False
-        refund = Refund(order=order, kind="external", amount_fen=stripe_refund["amount"],
-                        reason="在 Stripe 直接退款")
+        refund = Refund(
+            order=order,
+            kind="external",
+            amount_fen=stripe_refund["amount"],
+            reason="在 Stripe 直接退款",
+        )
         session.add(refund)
     refund.stripe_refund_id = stripe_refund["id"]
     if refund.status != "pending":
@@ -356,8 +377,13 @@ def apply_stripe_refund(session: Session, order: Order, stripe_refund: Mapping[s
         return False
     if order.status == Status.AWAITING_PAYMENT:
         # The refund event overtook the payment event: a refunded charge was a paid one.
-        recognise_payment(session, order, payment_intent=order.stripe_payment_intent_id,
-                          amount_fen=order.total_fen, source="退款事件先于支付事件到达")
+        recognise_payment(
+            session,
+            order,
+            payment_intent=order.stripe_payment_intent_id,
+            amount_fen=order.total_fen,
+            source="退款事件先于支付事件到达",
+        )
     refund.status = "succeeded"
     refund.succeeded_at = utcnow()
     for refund_line in refund.lines:
@@ -369,7 +395,7 @@ def apply_stripe_refund(session: Session, order: Order, stripe_refund: Mapping[s
 
 
 def refund(
-    session: Session,
+    session: DbSession,
     client: stripe.StripeClient,
     number: str,
     *,
@@ -382,28 +408,43 @@ def refund(
 
     The refund is recorded as pending before Stripe is asked, and Stripe is asked with our
     refund id as idempotency key: a refund left pending by an outage is re-sent with the same
-    key on the next attempt, so it can never be paid out twice.
+    key on the next attempt (instead of the new request), so it can never be paid out twice.
     """
     order = get_order(session, number, lock=True)
-    for pending in [r for r in order.refunds if r.status == "pending"]:
-        _submit(session, client, order, pending)
+    pending = [r for r in order.refunds if r.status == "pending"]
+    if pending:
+        # A refund an outage left unsent goes first, and alone: a person retrying after a 503
+        # means that refund, not a second one.
+        for earlier in pending:
+            _submit(session, client, order, earlier)
+        return order
     refund_row = plan_refund(order, amount_fen=amount_fen, lines=lines, actor=actor, reason=reason)
     session.add(refund_row)
-    audit(session, actor, "order.refund", order.number, amount_fen=refund_row.amount_fen,
-          kind=refund_row.kind)
+    audit(
+        session,
+        actor,
+        "order.refund",
+        order.number,
+        amount_fen=refund_row.amount_fen,
+        kind=refund_row.kind,
+    )
     session.commit()
     order = get_order(session, number, lock=True)
     _submit(session, client, order, refund_row)
     return order
 
 
-def _submit(session: Session, client: stripe.StripeClient, order: Order, refund_row: Refund) -> None:
+def _submit(
+    session: DbSession, client: stripe.StripeClient, order: Order, refund_row: Refund
+) -> None:
     try:
         result = send_refund(client, refund_row)
     except stripe.InvalidRequestError as exc:
         refund_row.status = "failed"
         session.commit()
-        raise Conflict(f"Stripe 拒绝了退款：{exc.user_message or exc}", code="refund_refused") from exc
+        raise Conflict(
+            f"Stripe 拒绝了退款：{exc.user_message or exc}", code="refund_refused"
+        ) from exc
     except stripe.StripeError as exc:
         session.rollback()
         log.warning("refund %s of order %s not sent: %s", refund_row.id, order.number, exc)
@@ -415,7 +456,9 @@ def _submit(session: Session, client: stripe.StripeClient, order: Order, refund_
 # --- webhooks ---------------------------------------------------------------------------------
 
 
-def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance: int) -> dict[str, Any]:
+def verify_webhook(
+    payload: bytes, signature: str | None, secret: str, tolerance: int
+) -> dict[str, Any]:
     try:
         stripe.WebhookSignature.verify_header(payload.decode(), signature or "", secret, tolerance)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
@@ -424,7 +467,7 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance
     return event
 
 
-def _order_from_metadata(session: Session, obj: Mapping[str, Any]) -> Order | None:
+def _order_from_metadata(session: DbSession, obj: Mapping[str, Any]) -> Order | None:
     number = (obj.get("metadata") or {}).get("order_number") or obj.get("client_reference_id")
     if number:
         return session.scalar(select(Order).where(Order.number == number).with_for_update())
@@ -438,7 +481,7 @@ def _order_from_metadata(session: Session, obj: Mapping[str, Any]) -> Order | No
     return None
 
 
-def handle_stripe_event(session: Session, event: Mapping[str, Any]) -> bool:
+def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
     """Apply one verified event exactly once. False for an event already handled or ignored.
 
     The event id is stored in the same transaction as its effects, so a replay or a concurrent
@@ -457,11 +500,17 @@ def handle_stripe_event(session: Session, event: Mapping[str, Any]) -> bool:
         log.info("stripe event %s (%s) matches no order", event["id"], kind)
         return False
     if kind == "checkout.session.completed" and obj.get("payment_status") == "paid":
-        return recognise_payment(session, order, payment_intent=_id(obj.get("payment_intent")),
-                                 amount_fen=obj["amount_total"], source=kind)
+        return recognise_payment(
+            session,
+            order,
+            payment_intent=_id(obj.get("payment_intent")),
+            amount_fen=obj["amount_total"],
+            source=kind,
+        )
     if kind == "payment_intent.succeeded":
-        return recognise_payment(session, order, payment_intent=obj["id"],
-                                 amount_fen=obj["amount_received"], source=kind)
+        return recognise_payment(
+            session, order, payment_intent=obj["id"], amount_fen=obj["amount_received"], source=kind
+        )
     if kind == "checkout.session.expired" and order.status == Status.AWAITING_PAYMENT:
         transition(session, order, Status.CANCELLED, reason="支付会话已过期")
         return True
@@ -471,8 +520,11 @@ def handle_stripe_event(session: Session, event: Mapping[str, Any]) -> bool:
         refunds = (obj.get("refunds") or {}).get("data") or []
         return any([apply_stripe_refund(session, order, r) for r in refunds])
     if kind == "payment_intent.payment_failed":
-        log.info("payment failed for order %s: %s", order.number,
-                 (obj.get("last_payment_error") or {}).get("message"))
+        log.info(
+            "payment failed for order %s: %s",
+            order.number,
+            (obj.get("last_payment_error") or {}).get("message"),
+        )
     return False
 
 
@@ -480,4 +532,3 @@ def _id(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("id")
     return value
-

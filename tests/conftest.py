@@ -1,0 +1,286 @@
+"""Shared fixtures: a migrated database (SQLite by default, PostgreSQL when DATABASE_URL says so),
+a real Stripe emulator process, the app, and the shop served over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
+
+from shop import create_app
+from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
+from shop.db import Base
+from shop.demo import load_demo_data
+from shop.extensions import db
+from shop.migrate import upgrade
+
+PASSWORD = "demo-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The database under test, migrated once with Alembic (never create_all)."""
+    url = os.environ.get("DATABASE_URL") or (
+        f"sqlite:///{tmp_path_factory.mktemp('db') / 'shop.sqlite3'}"
+    )
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        except Exception as exc:  # say so loudly: a PostgreSQL run must not pass without one
+            pytest.exit(f"PostgreSQL at {url} is not reachable: {exc}", returncode=3)
+        finally:
+            engine.dispose()
+    upgrade(create_app({"SQLALCHEMY_DATABASE_URI": url}))
+    return url
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    """A real Stripe emulator process; each test points its webhooks where it needs them."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
+        STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+    )
+    env.pop("EMULATOR_WEBHOOK_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shop.payments.emulator", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url + "/_emulator/health")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def emulator_control(emulator_url: str, path: str, **payload: Any) -> Any:
+    response = requests.post(f"{emulator_url}/_emulator/{path}", json=payload, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def reset_database(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+def make_app(database_url: str, emulator_url: str, **overrides: Any) -> Flask:
+    config = {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "STRIPE_SECRET_KEY": EMULATOR_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator_url,
+        "STRIPE_TIMEOUT_SECONDS": 2.0,
+        "STRIPE_MAX_NETWORK_RETRIES": 1,
+        "LOGIN_RATE_LIMIT": "1000 per minute",
+        "WTF_CSRF_ENABLED": True,
+        "TESTING": True,
+        **overrides,
+    }
+    return create_app(config)
+
+
+@pytest.fixture
+def app(database_url: str, emulator: str) -> Iterator[Flask]:
+    """A fresh shop: empty tables, then the demo catalogue and accounts."""
+    emulator_control(emulator, "failures", mode="none")
+    emulator_control(emulator, "webhooks", url=None, drop_next=0)
+    reset_database(database_url)
+    app = make_app(database_url, emulator)
+    with app.app_context():
+        load_demo_data(db.session)
+        db.session.commit()
+        db.session.remove()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()
+
+
+def bearer(client: Any, email: str, password: str = PASSWORD) -> dict[str, str]:
+    response = client.post("/api/v1/auth/tokens", json={"email": email, "password": password})
+    assert response.status_code == 201, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['token']}"}
+
+
+@pytest.fixture
+def buyer(client: Any) -> dict[str, str]:
+    return bearer(client, "buyer@example.com")
+
+
+@pytest.fixture
+def admin(client: Any) -> dict[str, str]:
+    return bearer(client, "admin@example.com")
+
+
+HUIZHOU_ADDRESS = {
+    "name": "张小惠",
+    "phone": "13800138000",
+    "province": "广东省",
+    "city": "惠州市",
+    "district": "惠城区",
+    "detail": "江北街道文昌一路 8 号",
+}
+
+
+@dataclass
+class LiveShop:
+    url: str
+    emulator_url: str
+    app: Flask
+
+    def control(self, path: str, **payload: Any) -> Any:
+        return emulator_control(self.emulator_url, path, **payload)
+
+    def token(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        response = requests.post(
+            f"{self.url}/api/v1/auth/tokens",
+            json={"email": email, "password": password},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    def wait_for_webhooks(self, timeout: float = 15.0) -> None:
+        self.control("deliveries/wait", timeout=timeout)
+
+
+@pytest.fixture
+def live_shop(database_url: str, emulator: str) -> Iterator[LiveShop]:
+    """The shop served over real HTTP, with the emulator delivering webhooks to it."""
+    emulator_control(emulator, "failures", mode="none")
+    reset_database(database_url)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = make_app(database_url, emulator, SHOP_BASE_URL=url, TESTING=False)
+    with app.app_context():
+        load_demo_data(db.session)
+        db.session.commit()
+        db.session.remove()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
+    try:
+        yield LiveShop(url=url, emulator_url=emulator, app=app)
+    finally:
+        emulator_control(emulator, "deliveries/wait", timeout=10)
+        emulator_control(emulator, "webhooks", url=None, drop_next=0)
+        server.shutdown()
+        thread.join(timeout=10)
+        with app.app_context():
+            db.engine.dispose()
+
+
+def shots_dir() -> Path:
+    path = Path(os.environ.get("SHOTS_DIR", "/tmp/shots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def signed(payload: bytes, secret: str = EMULATOR_WEBHOOK_SECRET, at: int | None = None) -> str:
+    """A Stripe-Signature header computed the way Stripe documents it."""
+    import hashlib
+    import hmac
+
+    at = int(time.time()) if at is None else at
+    digest = hmac.new(secret.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={at},v1={digest}"
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
+    """With a broker configured, a real `celery worker` process; without one, tasks run eagerly."""
+    broker = os.environ.get("CELERY_BROKER_URL")
+    if not broker:
+        yield None
+        return
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        STRIPE_API_BASE=emulator,
+        STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
+        STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--pool=solo",
+            "--loglevel=WARNING",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env=env,
+    )
+    try:
+        yield broker
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def run_task(app: Flask, celery_worker: str | None) -> Any:
+    """Run a task as this configuration runs it: on the worker over the broker, or in-process."""
+
+    def run(task: Any, *args: Any) -> Any:
+        with app.app_context():
+            return task.delay(*args).get(timeout=60)
+
+    return run
