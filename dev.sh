@@ -16,14 +16,14 @@ setup() {
     "$VENV/bin/pip" install --quiet -e ".[test]"
     touch "$stamp"
   fi
-  "$VENV/bin/pybabel" compile --use-fuzzy -q -d shop/translations
+  "$VENV/bin/pybabel" compile --statistics -d shop/translations 2>&1 | tail -1
 }
 
 ensure_chromium() {
   [ -x /usr/bin/chromium ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's chromium for the browser tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "installing Debian's chromium (and a CJK font) for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
     return 0
   fi
   return 1

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from flask_login import current_user
+from jinja2 import TemplateNotFound
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -133,6 +134,13 @@ def endpoint(
     return decorate
 
 
+def error_page(status: int, message: str | None) -> tuple[str, int]:
+    try:
+        return render_template("error.html", status=status, message=message), status
+    except TemplateNotFound:
+        return message or "", status
+
+
 def register_error_handlers(app: Flask) -> None:
     def is_api() -> bool:
         return request.path.startswith(API_PREFIX)
@@ -142,7 +150,7 @@ def register_error_handlers(app: Flask) -> None:
         db.session.rollback()
         if is_api():
             return error_response(exc.status, exc.code, exc.message, exc.details)
-        return exc.message, exc.status
+        return error_page(exc.status, exc.message)
 
     @app.errorhandler(ValidationError)
     def invalid_payload(exc: ValidationError) -> Any:
@@ -155,7 +163,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
         if not is_api():
-            return exc
+            return exc if (exc.code or 500) < 400 else error_page(exc.code or 500, exc.description)
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
@@ -165,7 +173,7 @@ def register_error_handlers(app: Flask) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if is_api():
             return error_response(500, "internal_error", "服务器内部错误，请稍后重试。")
-        return "服务器内部错误，请稍后重试。", 500
+        return error_page(500, "服务器内部错误，请稍后重试。")
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:

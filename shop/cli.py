@@ -219,3 +219,7 @@ def emulator(port: int, webhook_url: str) -> None:
     os.environ.setdefault("STRIPE_SECRET_KEY", current_app.config["STRIPE_SECRET_KEY"])
     os.environ.setdefault("STRIPE_WEBHOOK_SECRET", current_app.config["STRIPE_WEBHOOK_SECRET"])
     run_emulator(["--port", str(port), "--webhook-url", webhook_url])
+
+
+if __name__ == "__main__":
+    main()

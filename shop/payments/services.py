@@ -46,6 +46,15 @@ class InvalidSignature(Exception):
     """A webhook whose Stripe-Signature does not verify, or is too old."""
 
 
+def idempotency_key(action: str, order: Order) -> str:
+    """A key derived from our ids alone: a retry reuses it, nothing else ever does.
+
+    The order's creation instant goes in too, so that a second database (staging, a restore)
+    sharing a Stripe account cannot collide with an order number it also issued.
+    """
+    return f"{action}-{order.number}-{order.created_at.timestamp():.6f}"
+
+
 def checkout_params(order: Order, config: Mapping[str, Any]) -> dict[str, Any]:
     base = config["SHOP_BASE_URL"]
     methods: list[str] = list(config["STRIPE_PAYMENT_METHODS"])
@@ -98,7 +107,7 @@ def open_checkout(client: stripe.StripeClient, order: Order, config: Mapping[str
     """Create the Checkout Session of a reserved order (idempotent per order)."""
     checkout = client.v1.checkout.sessions.create(
         params=checkout_params(order, config),  # type: ignore[arg-type]
-        options={"idempotency_key": f"checkout-session-{order.number}"},
+        options={"idempotency_key": idempotency_key("checkout-session", order)},
     )
     order.stripe_checkout_session_id = checkout.id
     order.checkout_url = checkout.url
@@ -258,7 +267,7 @@ def plan_refund(
             f"订单 {order.number} 当前状态为 {order.status}，不能退款。", code="invalid_transition"
         )
     available = order.refundable_fen - _pending_fen(order)
-    refund = Refund(order=order, created_by=actor.id, reason=reason)
+    refund = Refund(order_id=order.id, created_by=actor.id, reason=reason)
     if lines:
         by_sku = {line.sku: line for line in order.lines}
         problems: list[dict[str, Any]] = []
@@ -332,7 +341,7 @@ def send_refund(client: stripe.StripeClient, refund: Refund) -> dict[str, Any]:
             "amount": refund.amount_fen,
             "metadata": {"order_number": order.number, "refund_id": str(refund.id)},
         },
-        options={"idempotency_key": f"refund-{refund.id}"},
+        options={"idempotency_key": idempotency_key(f"refund-{refund.id}", order)},
     )
     return {
         "id": result["id"],
@@ -352,6 +361,8 @@ def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping
     refund = None
     if refund_id and str(refund_id).isdigit():
         refund = session.get(Refund, int(refund_id))
+        if refund is not None and refund.order_id != order.id:
+            refund = None
     if refund is None:
         refund = session.scalar(
             select(Refund).where(Refund.stripe_refund_id == stripe_refund["id"])
@@ -361,12 +372,9 @@ def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping
         if status != "succeeded":
             return False
         refund = Refund(
-            order=order,
-            kind="external",
-            amount_fen=stripe_refund["amount"],
-            reason="在 Stripe 直接退款",
+            kind="external", amount_fen=stripe_refund["amount"], reason="在 Stripe 直接退款"
         )
-        session.add(refund)
+        order.refunds.append(refund)
     refund.stripe_refund_id = stripe_refund["id"]
     if refund.status != "pending":
         return False
@@ -419,7 +427,7 @@ def refund(
             _submit(session, client, order, earlier)
         return order
     refund_row = plan_refund(order, amount_fen=amount_fen, lines=lines, actor=actor, reason=reason)
-    session.add(refund_row)
+    order.refunds.append(refund_row)
     audit(
         session,
         actor,

@@ -28,11 +28,16 @@ def set_stock(app, sku: str, stock: int) -> None:
 def test_concurrent_reservations_take_exactly_the_stock_there_is(app) -> None:
     set_stock(app, "PA-TEA-001", 7)
     attempts, start = 24, threading.Barrier(24)
+    with app.app_context():
+        buyer_id = db.session.scalar(select(User.id).where(User.email == "buyer@example.com"))
 
     def reserve(_: int) -> str:
+        # No database work before the barrier: on SQLite a thread holding the write lock there
+        # would keep the others from ever reaching it.
+        start.wait()
         with app.app_context():
-            buyer = db.session.scalar(select(User).where(User.email == "buyer@example.com"))
-            start.wait()
+            buyer = db.session.get(User, buyer_id)
+            assert buyer is not None
             try:
                 place_order(
                     db.session,
