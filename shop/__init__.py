@@ -20,14 +20,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    from shop.accounts.services import user_for_token
+    from shop.accounts.services import LoginThrottle, user_for_token
     from shop.background import celery_init_app
-    from shop.extensions import babel, csrf, db, limiter, login_manager
+    from shop.extensions import babel, csrf, db, login_manager
     from shop.payments.gateway import build_stripe_client
 
     db.init_app(app)
     csrf.init_app(app)
-    limiter.init_app(app)
     babel.init_app(app, locale_selector=_select_locale)
     login_manager.init_app(app)
     login_manager.login_view = "accounts.login"
@@ -47,6 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return None
 
     app.extensions["stripe"] = build_stripe_client(app.config)
+    app.extensions["login_throttle"] = LoginThrottle(
+        app.config["RATELIMIT_STORAGE_URI"], app.config["LOGIN_RATE_LIMIT"]
+    )
     celery_init_app(app)
     _register_blueprints(app)
 

@@ -65,7 +65,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SHOP_ENV": shop_env,
         "SECRET_KEY": env.get("SECRET_KEY", "development-only-not-secret"),
         "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", default_db),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": True,
+            # One connection per serving thread, so that threads never queue for the pool.
+            "pool_size": _int(env, "DATABASE_POOL_SIZE", 10),
+            "max_overflow": 10,
+        },
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,

@@ -9,11 +9,15 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from shop.accounts.models import ApiToken, AuditEntry, Role, User
 from shop.db import DbSession, utcnow
-from shop.errors import Conflict, InvalidInput, Unauthorized
+from shop.errors import Conflict, InvalidInput, ShopError, Unauthorized
 
 _hasher = PasswordHasher()
 # Verifying against this keeps unknown e-mails as slow as wrong passwords.
@@ -43,6 +47,23 @@ def create_user(
     return user
 
 
+class TooManyAttempts(ShopError):
+    code = "too_many_requests"
+    status = 429
+
+
+class LoginThrottle:
+    """Counts login attempts per client address in a moving window (memory or Redis)."""
+
+    def __init__(self, storage_uri: str, limit: str) -> None:
+        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._limit = parse(limit)
+
+    def hit(self, client: str) -> None:
+        if not self._limiter.hit(self._limit, "login", client):
+            raise TooManyAttempts("登录尝试过于频繁，请稍后再试。")
+
+
 def authenticate(session: DbSession, email: str, password: str) -> User:
     user = session.scalar(select(User).where(User.email == normalise_email(email)))
     try:
@@ -70,7 +91,11 @@ def issue_token(session: DbSession, user: User, *, days: int) -> str:
 
 
 def user_for_token(session: DbSession, token: str) -> User | None:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    row = session.scalar(
+        select(ApiToken)
+        .options(joinedload(ApiToken.user))
+        .where(ApiToken.token_hash == _digest(token))
+    )
     if row is None or row.revoked or row.expires_at <= utcnow() or not row.user.active:
         return None
     return row.user

@@ -10,9 +10,9 @@ from flask_babel import gettext as _
 from flask_login import login_user, logout_user
 from werkzeug.wrappers import Response
 
-from shop.accounts.services import authenticate
+from shop.accounts.services import TooManyAttempts, authenticate
 from shop.errors import Unauthorized
-from shop.extensions import db, limiter
+from shop.extensions import db
 from shop.views import html_blueprint
 
 bp = html_blueprint("accounts", __name__)
@@ -33,12 +33,20 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
 def login() -> Any:
     next_url = request.values.get("next", "")
     if request.method == "GET":
         return render_template("accounts/login.html", email="", next_url=next_url)
     email = request.form.get("email", "")[:254]
+    try:
+        current_app.extensions["login_throttle"].hit(request.remote_addr or "")
+    except TooManyAttempts:
+        return render_template(
+            "accounts/login.html",
+            email=email,
+            next_url=next_url,
+            error=_("登录尝试过于频繁，请稍后再试。"),
+        ), 429
     try:
         user = authenticate(db.session, email, request.form.get("password", "")[:1024])
     except Unauthorized:
@@ -48,16 +56,6 @@ def login() -> Any:
     login_user(user)
     flash(_("欢迎回来，%(name)s。", name=user.name), "success")
     return redirect(_safe_next(next_url))
-
-
-@bp.errorhandler(429)
-def too_many_attempts(exc: Exception) -> Any:
-    return render_template(
-        "accounts/login.html",
-        email=request.form.get("email", ""),
-        next_url=request.values.get("next", ""),
-        error=_("登录尝试过于频繁，请稍后再试。"),
-    ), 429
 
 
 @bp.post("/logout")

@@ -152,7 +152,12 @@ def save_product(
 
 
 def get_product_for_update(session: DbSession, sku: str) -> Product:
-    product = session.scalar(select(Product).where(Product.sku == sku).with_for_update())
+    product = session.scalar(
+        select(Product)
+        .where(Product.sku == sku)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if product is None:
         raise NotFound(f"没有编码为 {sku} 的商品。")
     return product

@@ -111,7 +111,7 @@ class OrderOut(BaseModel):
                     sku=line.sku,
                     name=line.name,
                     pack=line.pack,
-                    county=line.product.county.name,
+                    county=line.county.name,
                     unit_price_fen=line.unit_price_fen,
                     quantity=line.quantity,
                     amount_fen=line.amount_fen,

@@ -9,7 +9,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shop.accounts.models import User
-from shop.catalog.models import Product
+from shop.catalog.models import County, Product
 from shop.db import Base, utcnow
 
 
@@ -152,6 +152,7 @@ class OrderLine(Base):
 
     order: Mapped[Order] = relationship(back_populates="lines")
     product: Mapped[Product] = relationship()
+    county: Mapped[County] = relationship()
     address: Mapped[OrderAddress | None] = relationship()
 
 

@@ -10,9 +10,10 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import joinedload, selectinload
 
 from shop.accounts.models import User
-from shop.catalog.models import District, Product
+from shop.catalog.models import District, Product, Supplier
 from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.orders.models import (
@@ -23,6 +24,7 @@ from shop.orders.models import (
     Order,
     OrderAddress,
     OrderLine,
+    Refund,
     Status,
     StatusChange,
 )
@@ -130,8 +132,13 @@ def check_lines(
     products = {
         p.sku: p
         for p in session.scalars(
-            select(Product).where(Product.sku.in_(skus)).join(Product.supplier)
-        )
+            select(Product)
+            .where(Product.sku.in_(skus))
+            .options(
+                joinedload(Product.supplier).joinedload(Supplier.county),
+                joinedload(Product.supplier).selectinload(Supplier.certifications),
+            )
+        ).unique()
     }
     problems: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -202,7 +209,7 @@ def check_address(session: DbSession, address: Address) -> OrderAddress:
 
 def new_order_number(session: DbSession, now: datetime) -> str:
     while True:
-        number = f"HQ{now.astimezone(SHANGHAI):%y%m%d}{secrets.randbelow(10**6):06d}"
+        number = f"HQ{now.astimezone(SHANGHAI):%y%m%d}{secrets.randbelow(10**8):08d}"
         if session.scalar(select(Order.id).where(Order.number == number)) is None:
             return number
 
@@ -236,7 +243,6 @@ def place_order(
         raise InvalidInput("订单信息有误，请修改后重试。", details=problems)
     goods_fen = sum(product.price_fen * quantity for product, quantity in checked)
     shipping_fen = shipping.charge(goods_fen, [product for product, _ in checked])
-    reserve_stock(session, checked)
     order = Order(
         number=new_order_number(session, now),
         channel=Channel.ONLINE,
@@ -272,13 +278,26 @@ def place_order(
     session.add(order)
     transition(session, order, Status.AWAITING_PAYMENT, actor=user, reason="库存已预留")
     session.flush()
+    # Last, so the hot stock rows stay locked only from here to the caller's commit.
+    reserve_stock(session, checked)
     return order
 
 
 def get_order(session: DbSession, number: str, *, lock: bool = False) -> Order:
-    query = select(Order).where(Order.number == number)
+    """The order with its lines, addresses, history and refunds; `lock` takes its row lock and
+    re-reads it, so a decision is never taken on a stale copy."""
+    query = (
+        select(Order)
+        .where(Order.number == number)
+        .options(
+            selectinload(Order.lines).joinedload(OrderLine.county),
+            selectinload(Order.addresses),
+            selectinload(Order.history),
+            selectinload(Order.refunds).selectinload(Refund.lines),
+        )
+    )
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(of=Order).execution_options(populate_existing=True)
     order = session.scalar(query)
     if order is None:
         raise NotFound(f"没有编号为 {number} 的订单。")
@@ -287,7 +306,15 @@ def get_order(session: DbSession, number: str, *, lock: bool = False) -> Order:
 
 def orders_of(session: DbSession, user: User) -> Sequence[Order]:
     return session.scalars(
-        select(Order).where(Order.user_id == user.id).order_by(Order.created_at.desc())
+        select(Order)
+        .where(Order.user_id == user.id)
+        .options(
+            selectinload(Order.lines).joinedload(OrderLine.county),
+            selectinload(Order.addresses),
+            selectinload(Order.history),
+            selectinload(Order.refunds),
+        )
+        .order_by(Order.created_at.desc())
     ).all()
 
 

@@ -477,16 +477,16 @@ def verify_webhook(
 
 def _order_from_metadata(session: DbSession, obj: Mapping[str, Any]) -> Order | None:
     number = (obj.get("metadata") or {}).get("order_number") or obj.get("client_reference_id")
+    payment_intent = _id(obj.get("payment_intent"))
     if number:
-        return session.scalar(select(Order).where(Order.number == number).with_for_update())
-    payment_intent = obj.get("payment_intent")
-    if isinstance(payment_intent, dict):
-        payment_intent = payment_intent.get("id")
-    if payment_intent:
-        return session.scalar(
-            select(Order).where(Order.stripe_payment_intent_id == payment_intent).with_for_update()
-        )
-    return None
+        match = Order.number == number
+    elif payment_intent:
+        match = Order.stripe_payment_intent_id == payment_intent
+    else:
+        return None
+    return session.scalar(
+        select(Order).where(match).with_for_update().execution_options(populate_existing=True)
+    )
 
 
 def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
