@@ -30,23 +30,21 @@ engine = create_engine(
 app = Flask(__name__)
 
 
-def _catalogue_statements() -> dict[int | None, tuple[str, dict[str, Any]]]:
+def _catalogue_statements() -> dict[str | None, tuple[str, dict[str, Any]]]:
     """The catalogue SELECT of page 1 as SQL text and parameters, for all and for each county."""
     today = shanghai_today(utcnow())
     page_size = load_config()["CATALOG_PAGE_SIZE"]
     with engine.connect() as connection:
-        county_ids: list[int | None] = [None, *connection.scalars(select(County.id))]
+        counties: list[str | None] = [None, *connection.scalars(select(County.name))]
     statements = {}
-    for county_id in county_ids:
-        query = catalogue_query(today, county_id=county_id).limit(page_size).offset(0)
+    for county in counties:
+        query = catalogue_query(today, county=county).limit(page_size).offset(0)
         compiled = query.compile(dialect=engine.dialect)
-        statements[county_id] = (str(compiled), compiled.params)
+        statements[county] = (str(compiled), compiled.params)
     return statements
 
 
 CATALOGUE = _catalogue_statements()
-with engine.connect() as _connection:
-    COUNTY_IDS = {name: id_ for id_, name in _connection.execute(select(County.id, County.name))}
 engine.dispose()  # gunicorn forks after import: each worker opens its own connections
 
 
@@ -63,7 +61,7 @@ def take_stock() -> Any:
 @app.get("/products")
 def catalogue_page() -> Any:
     county = request.args.get("county")
-    sql, params = CATALOGUE[COUNTY_IDS[county] if county else None]
+    sql, params = CATALOGUE[county or None]
     with engine.connect() as connection:
         rows = connection.exec_driver_sql(sql, params).mappings().all()
     return jsonify([dict(row) for row in rows])

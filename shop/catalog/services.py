@@ -47,7 +47,7 @@ def resolve_county(session: DbSession, value: str) -> County:
 def catalogue_query(
     today: date,
     *,
-    county_id: int | None = None,
+    county: str | None = None,
     category: Category | None = None,
     q: str | None = None,
 ) -> Select[Product, bool, int]:
@@ -58,8 +58,8 @@ def catalogue_query(
         .options(contains_eager(Product.supplier).contains_eager(Supplier.county))
         .where(Product.active)
     )
-    if county_id is not None:
-        query = query.where(Supplier.county_id == county_id)
+    if county is not None:
+        query = query.where(or_(County.code == county, County.name == county))
     if category is not None:
         query = query.where(Product.category == category.value)
     if q:
@@ -85,7 +85,6 @@ def search_products(
     page: int = 1,
     per_page: int = 20,
 ) -> ProductPage:
-    county_id = resolve_county(session, county).id if county else None
     parsed_category = None
     if category:
         parsed_category = Category.parse(category)
@@ -95,9 +94,11 @@ def search_products(
                 details=[{"field": "category", "allowed": [c.value for c in Category]}],
             )
     page = max(page, 1)
-    query = catalogue_query(today, county_id=county_id, category=parsed_category, q=q)
+    query = catalogue_query(today, county=county or None, category=parsed_category, q=q)
     rows = session.execute(query.limit(per_page).offset((page - 1) * per_page)).all()
     total = rows[0].total if rows else 0
+    if not rows and county:
+        resolve_county(session, county)  # an unknown county is a mistake to report, not "none"
     return ProductPage(
         items=[ProductView(row.Product, bool(row.certified_now)) for row in rows],
         page=page,
