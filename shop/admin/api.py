@@ -8,7 +8,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from shop.accounts.models import Role, User
-from shop.accounts.services import audit
 from shop.admin import services
 from shop.api import api_blueprint, endpoint
 from shop.catalog.api import ProductOut
@@ -212,14 +211,6 @@ def ship_order(user: User, number: str, body: ShipmentIn) -> OrderOut:
     order = get_order(db.session, number, lock=True)
     mark_shipped(
         db.session, order, carrier=body.carrier, tracking_number=body.tracking_number, actor=user
-    )
-    audit(
-        db.session,
-        user,
-        "order.ship",
-        number,
-        carrier=body.carrier,
-        tracking_number=body.tracking_number,
     )
     db.session.commit()
     return OrderOut.of(order)

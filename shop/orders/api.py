@@ -9,10 +9,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from shop.accounts.models import Role, User
 from shop.api import api_blueprint, endpoint
-from shop.errors import Forbidden, NotFound
 from shop.extensions import db
 from shop.orders.models import Order
-from shop.orders.services import Address, RequestedLine, get_order, orders_of
+from shop.orders.services import Address, RequestedLine, orders_of, visible_order
 from shop.payments import services as payments
 from shop.payments.gateway import stripe_client
 
@@ -148,15 +147,6 @@ class RefundIn(BaseModel):
         return self
 
 
-def own_order(user: User, number: str, *, lock: bool = False) -> Order:
-    """An order the user may see: their own, or any for admin and finance."""
-    order = get_order(db.session, number, lock=lock)
-    if order.user_id != user.id and not user.has_role(Role.ADMIN, Role.FINANCE):
-        # Same answer as a missing order, so numbers cannot be probed.
-        raise NotFound(f"没有编号为 {number} 的订单。")
-    return order
-
-
 @endpoint(
     bp,
     "/orders",
@@ -186,7 +176,7 @@ def list_orders(user: User) -> OrderListOut:
 
 @endpoint(bp, "/orders/<number>", "GET", summary="One order", response=OrderOut, errors=(404,))
 def show_order(user: User, number: str) -> OrderOut:
-    return OrderOut.of(own_order(user, number))
+    return OrderOut.of(visible_order(db.session, user, number))
 
 
 @endpoint(
@@ -198,17 +188,8 @@ def show_order(user: User, number: str) -> OrderOut:
     errors=(404, 409, 503),
 )
 def cancel_order(user: User, number: str) -> OrderOut:
-    order = own_order(user, number, lock=True)
-    if order.user_id != user.id and not user.has_role(Role.ADMIN):
-        raise Forbidden("只有下单人或运营人员可以取消订单。")
-    if not payments.cancel_unpaid(
-        db.session,
-        stripe_client(),
-        order,
-        actor=user,
-        reason="买家取消" if order.user_id == user.id else "运营取消",
-    ):
-        raise payments.AlreadyPaid(f"订单 {number} 已支付，不能取消。")
+    order = visible_order(db.session, user, number, lock=True)
+    payments.cancel_order(db.session, stripe_client(), order, user)
     db.session.commit()
     return OrderOut.of(order)
 

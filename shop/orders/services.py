@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -12,10 +12,11 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import joinedload, selectinload
 
-from shop.accounts.models import User
+from shop.accounts.models import Role, User
+from shop.accounts.services import audit
 from shop.catalog.models import District, Product, Supplier
 from shop.db import DbSession, utcnow
-from shop.errors import Conflict, InvalidInput, NotFound
+from shop.errors import Conflict, Forbidden, InvalidInput, NotFound
 from shop.orders.models import (
     RESERVING,
     TRANSITIONS,
@@ -65,6 +66,14 @@ class ShippingRule:
     fee_fen: int
     free_above_fen: int
     cold_chain_surcharge_fen: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ShippingRule:
+        return cls(
+            fee_fen=config["SHIPPING_FEE_FEN"],
+            free_above_fen=config["SHIPPING_FREE_ABOVE_FEN"],
+            cold_chain_surcharge_fen=config["COLD_CHAIN_SURCHARGE_FEN"],
+        )
 
     def charge(self, goods_fen: int, products: Sequence[Product]) -> int:
         fen = 0 if goods_fen >= self.free_above_fen else self.fee_fen
@@ -304,6 +313,26 @@ def get_order(session: DbSession, number: str, *, lock: bool = False) -> Order:
     return order
 
 
+def visible_order(session: DbSession, user: User, number: str, *, lock: bool = False) -> Order:
+    """An order this person may see: their own, or any for admin and finance.
+
+    Anyone else is told it does not exist, so order numbers cannot be probed.
+    """
+    order = get_order(session, number, lock=lock)
+    if order.user_id != user.id and not user.has_role(Role.ADMIN, Role.FINANCE):
+        raise NotFound(f"没有编号为 {number} 的订单。")
+    return order
+
+
+def cancellation_reason(order: Order, user: User) -> str:
+    """Why `user` may cancel `order` (the buyer or operations); Forbidden for anyone else."""
+    if order.user_id == user.id:
+        return "买家取消"
+    if user.has_role(Role.ADMIN):
+        return "运营取消"
+    raise Forbidden("只有下单人或运营人员可以取消订单。")
+
+
 def orders_of(session: DbSession, user: User) -> Sequence[Order]:
     return session.scalars(
         select(Order)
@@ -329,6 +358,14 @@ def mark_shipped(
     transition(session, order, Status.SHIPPED, actor=actor, reason=f"{carrier} {tracking_number}")
     order.carrier = carrier.strip()
     order.tracking_number = tracking_number.strip()
+    audit(
+        session,
+        actor,
+        "order.ship",
+        order.number,
+        carrier=order.carrier,
+        tracking_number=order.tracking_number,
+    )
 
 
 def expired_unpaid(session: DbSession, now: datetime) -> Sequence[Order]:

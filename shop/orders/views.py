@@ -14,12 +14,19 @@ from werkzeug.wrappers import Response
 from shop.accounts.models import Role, User
 from shop.catalog.models import District, Product
 from shop.db import utcnow
-from shop.errors import InvalidInput, NotFound, ShopError
+from shop.errors import InvalidInput, ShopError
 from shop.extensions import db
 from shop.orders.models import Order, Status
-from shop.orders.services import HUIZHOU, Address, RequestedLine, ShippingRule, get_order, orders_of
+from shop.orders.services import (
+    HUIZHOU,
+    Address,
+    RequestedLine,
+    ShippingRule,
+    orders_of,
+    visible_order,
+)
 from shop.payments.gateway import stripe_client
-from shop.payments.services import cancel_unpaid, checkout
+from shop.payments.services import cancel_order, checkout
 from shop.timezones import shanghai_today
 from shop.views import html_blueprint
 
@@ -80,18 +87,13 @@ def _cart_lines() -> list[CartLine]:
     ]
 
 
-def _shipping_rule() -> ShippingRule:
-    config = current_app.config
-    return ShippingRule(
-        fee_fen=config["SHIPPING_FEE_FEN"],
-        free_above_fen=config["SHIPPING_FREE_ABOVE_FEN"],
-        cold_chain_surcharge_fen=config["COLD_CHAIN_SURCHARGE_FEN"],
-    )
-
-
 def _totals(lines: list[CartLine]) -> dict[str, int]:
     goods = sum(line.amount_fen for line in lines)
-    shipping = _shipping_rule().charge(goods, [line.product for line in lines]) if lines else 0
+    shipping = (
+        ShippingRule.from_config(current_app.config).charge(goods, [line.product for line in lines])
+        if lines
+        else 0
+    )
     return {"goods_fen": goods, "shipping_fen": shipping, "total_fen": goods + shipping}
 
 
@@ -236,15 +238,7 @@ def checkout_page() -> Any:
 
 
 def _visible_order(number: str, *, lock: bool = False) -> Order:
-    """The buyer's own order, or any for admin and finance; anyone else gets 404."""
-    try:
-        order = get_order(db.session, number, lock=lock)
-    except NotFound:
-        abort(404)
-    user: User = current_user._get_current_object()
-    if order.user_id != user.id and not user.has_role(Role.ADMIN, Role.FINANCE):
-        abort(404)
-    return order
+    return visible_order(db.session, current_user._get_current_object(), number, lock=lock)
 
 
 @bp.get("/orders")
@@ -283,19 +277,11 @@ def _order_actions(order: Order) -> dict[str, bool]:
 @login_required
 def cancel(number: str) -> Response:
     order = _visible_order(number, lock=True)
-    user: User = current_user._get_current_object()
-    if order.user_id != user.id and not user.has_role(Role.ADMIN):
-        abort(403)
-    reason = "买家取消" if order.user_id == user.id else "运营取消"
     try:
-        cancelled = cancel_unpaid(db.session, stripe_client(), order, actor=user, reason=reason)
+        cancel_order(db.session, stripe_client(), order, current_user._get_current_object())
     except ShopError as exc:
         db.session.rollback()
         flash(exc.message, "error")
-        return redirect(url_for("orders.order_detail", number=number))
-    if not cancelled:
-        db.session.rollback()
-        flash(_("订单已支付，不能取消。"), "error")
         return redirect(url_for("orders.order_detail", number=number))
     db.session.commit()
     flash(_("订单已取消，库存已退回。"), "success")

@@ -21,6 +21,7 @@ from shop.orders.services import (
     Address,
     RequestedLine,
     ShippingRule,
+    cancellation_reason,
     expired_unpaid,
     get_order,
     place_order,
@@ -172,11 +173,7 @@ def checkout(
         user,
         requested,
         address,
-        shipping=ShippingRule(
-            fee_fen=config["SHIPPING_FEE_FEN"],
-            free_above_fen=config["SHIPPING_FREE_ABOVE_FEN"],
-            cold_chain_surcharge_fen=config["COLD_CHAIN_SURCHARGE_FEN"],
-        ),
+        shipping=ShippingRule.from_config(config),
         payment_minutes=config["ORDER_PAYMENT_MINUTES"],
         max_quantity=config["ORDER_MAX_QUANTITY"],
     )
@@ -216,6 +213,13 @@ def expire_unpaid_orders(session: DbSession, client: stripe.StripeClient, now: d
         session.commit()
         cancelled += int(done)
     return cancelled
+
+
+def cancel_order(session: DbSession, client: stripe.StripeClient, order: Order, user: User) -> None:
+    """The buyer (or operations) cancels an unpaid order; refused once it is paid."""
+    reason = cancellation_reason(order, user)
+    if not cancel_unpaid(session, client, order, actor=user, reason=reason):
+        raise AlreadyPaid(f"订单 {order.number} 已支付，不能取消。")
 
 
 # --- payments ---------------------------------------------------------------------------------
