@@ -11,6 +11,7 @@ import time
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
+from werkzeug.serving import run_simple
 
 from shop.accounts.models import Role
 
@@ -124,7 +125,7 @@ def demo_serve(host: str, port: int, emulator_port: int) -> None:
     click.echo(f"\n惠黔消费帮扶商城 demo: http://{host}:{port}/")
     _print_accounts()
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
         if emulator_process is not None:
             emulator_process.terminate()
