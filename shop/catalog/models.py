@@ -143,6 +143,9 @@ class Product(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     supplier: Mapped[Supplier] = relationship()
+    tiers: Mapped[list[TierPrice]] = relationship(
+        order_by="TierPrice.min_quantity", cascade="all, delete-orphan"
+    )
 
     @property
     def county(self) -> County:
@@ -158,3 +161,19 @@ class Product(Base):
 
     def certified_on(self, day: date) -> bool:
         return self.certified and self.supplier.certification_on(day) is not None
+
+
+class TierPrice(Base):
+    """A unit-procurement price from a quantity up (e.g. ≥ 50 boxes)."""
+
+    __tablename__ = "tier_prices"
+    __table_args__ = (
+        UniqueConstraint("product_id", "min_quantity"),
+        CheckConstraint("min_quantity >= 2", name="tier_above_one"),
+        CheckConstraint("price_fen > 0", name="price_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    min_quantity: Mapped[int]
+    price_fen: Mapped[int]

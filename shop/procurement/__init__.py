@@ -1,0 +1,1 @@
+"""Unit procurement: organisations, bulk orders, approval, invoices on net terms."""
