@@ -86,8 +86,10 @@ def _register_blueprints(app: Flask) -> None:
     from shop.meta import bp as meta_api
     from shop.orders.api import bp as orders_api
     from shop.payments.api import bp as stripe_api
+    from shop.procurement.api import bp as procurement_api
 
-    for bp in (meta_api, auth_api, catalog_api, orders_api, stripe_api, admin_api):
+    apis = (meta_api, auth_api, catalog_api, orders_api, stripe_api, admin_api, procurement_api)
+    for bp in apis:
         app.register_blueprint(bp)
     register_error_handlers(app)
     try:

@@ -46,6 +46,7 @@ class Endpoint:
     status: int
     roles: tuple[Role, ...] | None
     errors: tuple[int, ...] = field(default_factory=tuple)
+    form: type[BaseModel] | None = None
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -89,10 +90,12 @@ def endpoint(
     status: int = 200,
     roles: tuple[Role, ...] | None = (),
     errors: tuple[int, ...] = (),
+    form: type[BaseModel] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a JSON endpoint: parse body and query with pydantic, check roles, serialise.
 
     `roles=None` is public, `()` any signed-in person, otherwise one of the roles given.
+    `form` describes a multipart upload: its fields are parsed, and its `file` part handed over.
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,6 +111,7 @@ def endpoint(
                 status,
                 roles,
                 errors,
+                form,
             )
         )
 
@@ -123,6 +127,9 @@ def endpoint(
                 kwargs["body"] = body.model_validate(payload)
             if query is not None:
                 kwargs["query"] = query.model_validate(request.args.to_dict())
+            if form is not None:
+                kwargs["form"] = form.model_validate(request.form.to_dict())
+                kwargs["upload"] = request.files.get("file")
             result = view(**kwargs)
             if isinstance(result, BaseModel):
                 return jsonify(result.model_dump(mode="json", by_alias=True)), status
@@ -215,6 +222,25 @@ def openapi_document() -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _schema(ep.body, components)}},
             }
+        if ep.form is not None:
+            schema = _schema(ep.form, components)
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "allOf": [
+                                schema,
+                                {
+                                    "type": "object",
+                                    "required": ["file"],
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                },
+                            ]
+                        }
+                    }
+                },
+            }
         ok: dict[str, Any] = {"description": "OK"}
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": _schema(ep.response, components)}}
@@ -223,7 +249,7 @@ def openapi_document() -> dict[str, Any]:
         if ep.roles is not None:
             operation["security"] = [{"bearer": []}, {"session": []}]
             statuses |= {401} | ({403} if ep.roles else set())
-        if ep.body is not None or ep.query is not None:
+        if ep.body is not None or ep.query is not None or ep.form is not None:
             statuses |= {422}
         for code in sorted(statuses):
             operation["responses"][str(code)] = {

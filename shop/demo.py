@@ -20,6 +20,7 @@ from shop.catalog.models import (
     Pairing,
     Product,
     Supplier,
+    TierPrice,
 )
 from shop.db import DbSession
 
@@ -28,7 +29,29 @@ DEMO_ACCOUNTS = [
     ("buyer@example.com", "张小惠", Role.BUYER),
     ("admin@example.com", "李运营", Role.ADMIN),
     ("finance@example.com", "王财务", Role.FINANCE),
+    ("officer@example.com", "陈采购", Role.BUYER),
+    ("approver@example.com", "刘审批", Role.BUYER),
 ]
+
+DEMO_UNIT = {
+    "name": "惠州市惠城区机关事务服务中心",
+    "type": "机关事业单位",
+    "district": "惠城区",
+    "reserved_target_fen": 50_000_000,
+    "invoice_title": "惠州市惠城区机关事务服务中心",
+    "payment_terms_days": 30,
+    "dual_approval_above_fen": 5_000_000,
+}
+DEMO_MEMBERS = [("officer@example.com", "requester"), ("approver@example.com", "approver")]
+
+# Unit-procurement rules: sku → (minimum, increment, ((from quantity, price fen), …))
+UNIT_RULES = {
+    "PA-TEA-001": (10, 1, ((50, 11800), (200, 10800))),
+    "XR-YR-001": (10, 5, ((50, 5400), (200, 4900))),
+    "ZF-NM-001": (10, 5, ((50, 4500), (200, 4200))),
+    "WM-MG-001": (20, 10, ((100, 8200),)),
+    "CH-NM-001": (10, 5, ((100, 4300),)),
+}
 
 COUNTIES = [  # code, name, English, cooperation county
     ("522301", "兴义市", "Xingyi City", False),
@@ -181,7 +204,38 @@ def load_demo_data(session: DbSession) -> bool:
             )
         )
     session.flush()
+    for product in session.scalars(select(Product).where(Product.sku.in_(UNIT_RULES))):
+        minimum, increment, tiers = UNIT_RULES[product.sku]
+        product.min_order_quantity, product.quantity_increment = minimum, increment
+        product.tiers = [TierPrice(min_quantity=q, price_fen=p) for q, p in tiers]
+    _load_unit(session)
+    session.flush()
     return True
+
+
+def _load_unit(session: DbSession) -> None:
+    from shop.procurement.models import Membership, Organisation
+
+    district = session.scalar(select(District).where(District.name == DEMO_UNIT["district"]))
+    assert district is not None
+    code = demo_credit_code("11", "441302", 1)
+    unit = Organisation(
+        name=DEMO_UNIT["name"],
+        type=DEMO_UNIT["type"],
+        credit_code=code,
+        district_id=district.id,
+        reserved_target_fen=DEMO_UNIT["reserved_target_fen"],
+        invoice_title=DEMO_UNIT["invoice_title"],
+        tax_id=code,
+        default_funding="财政资金",
+        payment_terms_days=DEMO_UNIT["payment_terms_days"],
+        dual_approval_above_fen=DEMO_UNIT["dual_approval_above_fen"],
+    )
+    session.add(unit)
+    for email, role in DEMO_MEMBERS:
+        user = session.scalar(select(User).where(User.email == email))
+        assert user is not None
+        unit.members.append(Membership(user_id=user.id, role=role))
 
 
 def _load_accounts(session: DbSession) -> bool:

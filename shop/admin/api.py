@@ -14,9 +14,12 @@ from shop.catalog.api import ProductOut
 from shop.catalog.models import Supplier
 from shop.catalog.services import get_product
 from shop.db import utcnow
+from shop.errors import NotFound
 from shop.extensions import db
 from shop.orders.api import OrderOut
 from shop.orders.services import get_order, mark_shipped
+from shop.procurement import services as procurement
+from shop.procurement.models import Organisation
 from shop.timezones import shanghai_today
 
 bp = api_blueprint("admin_api", __name__)
@@ -214,3 +217,118 @@ def ship_order(user: User, number: str, body: ShipmentIn) -> OrderOut:
     )
     db.session.commit()
     return OrderOut.of(order)
+
+
+class OrganisationIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    type: str = Field(description="机关事业单位 | 国有企业 | 工会 | 民营企业 | 社会组织")
+    credit_code: str = Field(max_length=18)
+    district: str = Field(description="a Huizhou district, e.g. 惠城区")
+    reserved_target_fen: int = Field(description="annual reserved-share target (预留份额)")
+    invoice_title: str = Field(max_length=128)
+    tax_id: str = Field(max_length=32)
+    default_funding: str | None = None
+    payment_terms_days: int = 30
+    dual_approval_above_fen: int | None = None
+
+
+class MemberOut(BaseModel):
+    email: str
+    name: str
+    role: str
+
+
+class OrganisationOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    credit_code: str
+    district: str
+    reserved_target_fen: int
+    invoice_title: str
+    tax_id: str
+    default_funding: str
+    payment_terms_days: int
+    dual_approval_above_fen: int | None
+    members: list[MemberOut]
+
+    @classmethod
+    def of(cls, organisation: Organisation) -> OrganisationOut:
+        return cls(
+            id=organisation.id,
+            name=organisation.name,
+            type=organisation.type,
+            credit_code=organisation.credit_code,
+            district=organisation.district.name,
+            reserved_target_fen=organisation.reserved_target_fen,
+            invoice_title=organisation.invoice_title,
+            tax_id=organisation.tax_id,
+            default_funding=organisation.default_funding,
+            payment_terms_days=organisation.payment_terms_days,
+            dual_approval_above_fen=organisation.dual_approval_above_fen,
+            members=[
+                MemberOut(email=m.user.email, name=m.user.name, role=m.role)
+                for m in organisation.members
+            ],
+        )
+
+
+class OrganisationListOut(BaseModel):
+    items: list[OrganisationOut]
+
+
+class MemberIn(BaseModel):
+    email: str = Field(max_length=254)
+    role: str = Field(description="requester | approver | finance_viewer")
+    name: str | None = Field(None, max_length=64)
+    password: str | None = Field(None, max_length=1024, description="creates the account if new")
+
+
+@endpoint(
+    bp,
+    "/admin/organisations",
+    "GET",
+    summary="Buying units",
+    response=OrganisationListOut,
+    roles=ADMIN,
+)
+def list_organisations(user: User) -> OrganisationListOut:
+    units = db.session.scalars(select(Organisation).order_by(Organisation.id))
+    return OrganisationListOut(items=[OrganisationOut.of(o) for o in units])
+
+
+@endpoint(
+    bp,
+    "/admin/organisations",
+    "POST",
+    summary="Register a buying unit",
+    body=OrganisationIn,
+    response=OrganisationOut,
+    status=201,
+    roles=ADMIN,
+    errors=(409,),
+)
+def create_organisation(user: User, body: OrganisationIn) -> OrganisationOut:
+    organisation = procurement.create_organisation(db.session, user, **body.model_dump())
+    db.session.commit()
+    return OrganisationOut.of(organisation)
+
+
+@endpoint(
+    bp,
+    "/admin/organisations/<int:organisation_id>/members",
+    "POST",
+    summary="Give a person a role in a unit",
+    body=MemberIn,
+    response=OrganisationOut,
+    status=201,
+    roles=ADMIN,
+    errors=(404, 409),
+)
+def add_member(user: User, organisation_id: int, body: MemberIn) -> OrganisationOut:
+    organisation = db.session.get(Organisation, organisation_id)
+    if organisation is None:
+        raise NotFound(f"没有编号为 {organisation_id} 的单位。")
+    procurement.add_member(db.session, user, organisation, **body.model_dump())
+    db.session.commit()
+    return OrganisationOut.of(organisation)

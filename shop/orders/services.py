@@ -216,6 +216,27 @@ def check_address(session: DbSession, address: Address) -> OrderAddress:
     )
 
 
+def order_line(
+    product: Product, quantity: int, unit_price_fen: int, address: OrderAddress, today: date
+) -> OrderLine:
+    """A line with what the product was at order time: price, origin, certification."""
+    return OrderLine(
+        product_id=product.id,
+        address=address,
+        sku=product.sku,
+        name=product.name,
+        pack=product.pack,
+        category=product.category,
+        county_id=product.supplier.county_id,
+        supplier_id=product.supplier_id,
+        certified=product.certified_on(today),
+        cooperation_county=product.supplier.county.cooperation,
+        unit_price_fen=unit_price_fen,
+        quantity=quantity,
+        amount_fen=unit_price_fen * quantity,
+    )
+
+
 def new_order_number(session: DbSession, now: datetime) -> str:
     while True:
         number = f"HQ{now.astimezone(SHANGHAI):%y%m%d}{secrets.randbelow(10**8):08d}"
@@ -266,23 +287,7 @@ def place_order(
     )
     order.addresses.append(order_address)
     for product, quantity in checked:
-        order.lines.append(
-            OrderLine(
-                product_id=product.id,
-                address=order_address,
-                sku=product.sku,
-                name=product.name,
-                pack=product.pack,
-                category=product.category,
-                county_id=product.supplier.county_id,
-                supplier_id=product.supplier_id,
-                certified=product.certified_on(today),
-                cooperation_county=product.supplier.county.cooperation,
-                unit_price_fen=product.price_fen,
-                quantity=quantity,
-                amount_fen=product.price_fen * quantity,
-            )
-        )
+        order.lines.append(order_line(product, quantity, product.price_fen, order_address, today))
     order.history.append(StatusChange(from_status=None, to_status=Status.DRAFT, actor_id=user.id))
     session.add(order)
     transition(session, order, Status.AWAITING_PAYMENT, actor=user, reason="库存已预留")

@@ -523,6 +523,10 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
         return recognise_payment(
             session, order, payment_intent=obj["id"], amount_fen=obj["amount_received"], source=kind
         )
+    if kind == "invoice.paid":
+        return recognise_payment(
+            session, order, payment_intent=None, amount_fen=obj["amount_paid"], source=kind
+        )
     if kind == "checkout.session.expired" and order.status == Status.AWAITING_PAYMENT:
         transition(session, order, Status.CANCELLED, reason="支付会话已过期")
         return True
