@@ -10,18 +10,21 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.wrappers import Response
 
 from shop.accounts.models import Role, User
 from shop.admin import services
-from shop.catalog.models import Category, County, Product, Supplier
+from shop.catalog.models import Category, County, District, Product, Supplier
 from shop.db import utcnow
-from shop.errors import NotFound, ShopError
+from shop.errors import InvalidInput, NotFound, ShopError
 from shop.extensions import db, login_manager
 from shop.orders.models import Order, Status
 from shop.orders.services import get_order, mark_shipped
 from shop.payments.gateway import stripe_client
 from shop.payments.services import REFUNDABLE, refund
+from shop.procurement import services as units
+from shop.procurement.models import MemberRole, Membership, Organisation, OrganisationType
 from shop.timezones import shanghai_today
 from shop.views import fen_from_yuan, html_blueprint
 
@@ -313,3 +316,129 @@ def refund_order(number: str) -> Response:
         _("订单 %(number)s 的退款已提交。", number=number),
     )
     return _back("admin.orders")
+
+
+# --- buying units and their members ------------------------------------------------------------
+
+ORGANISATION_FIELDS = (
+    "name",
+    "type",
+    "credit_code",
+    "district",
+    "reserved_target",
+    "invoice_title",
+    "tax_id",
+    "default_funding",
+    "payment_terms_days",
+    "dual_approval_above",
+)
+# The unit service names amounts in fen; the form asks for 元.
+ORGANISATION_FORM_FIELD = {
+    "reserved_target_fen": "reserved_target",
+    "dual_approval_above_fen": "dual_approval_above",
+}
+
+
+def _render_organisations(
+    form: dict[str, str] | None = None,
+    *,
+    errors: dict[str, str] | None = None,
+    message: str | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    organisations = db.session.scalars(
+        select(Organisation)
+        .options(
+            joinedload(Organisation.district),
+            selectinload(Organisation.members).joinedload(Membership.user),
+        )
+        .order_by(Organisation.id)
+    ).all()
+    return render_template(
+        "admin/organisations.html",
+        organisations=organisations,
+        form=form or {"payment_terms_days": "30"},
+        errors=errors or {},
+        message=message,
+        types=list(OrganisationType),
+        districts=db.session.scalars(select(District).order_by(District.code)).all(),
+        fundings=units.UNIT_FUNDING,
+        roles=list(MemberRole),
+    ), status
+
+
+@bp.get("/organisations")
+def organisations() -> tuple[str, int]:
+    return _render_organisations()
+
+
+@bp.post("/organisations")
+def create_organisation() -> Any:
+    form = {name: request.form.get(name, "").strip()[:128] for name in ORGANISATION_FIELDS}
+    errors: dict[str, str] = {}
+    target_fen = fen_from_yuan(form["reserved_target"] or "0")
+    if target_fen is None or target_fen < 0:
+        errors["reserved_target"] = _("请填写预留份额（元，最多两位小数）。")
+    threshold_fen = (
+        fen_from_yuan(form["dual_approval_above"]) if form["dual_approval_above"] else None
+    )
+    if form["dual_approval_above"] and (threshold_fen is None or threshold_fen <= 0):
+        errors["dual_approval_above"] = _("双人审批额度应为正的金额（元），不需要时留空。")
+    terms = _whole_number("payment_terms_days")
+    if terms is None:
+        errors["payment_terms_days"] = _("账期应为整数天。")
+    if errors:
+        return _render_organisations(form, errors=errors, status=422)
+    assert target_fen is not None and terms is not None
+    try:
+        organisation = units.create_organisation(
+            db.session,
+            _actor(),
+            name=form["name"],
+            type=form["type"],
+            credit_code=form["credit_code"],
+            district=form["district"],
+            reserved_target_fen=target_fen,
+            invoice_title=form["invoice_title"],
+            tax_id=form["tax_id"],
+            default_funding=form["default_funding"] or None,
+            payment_terms_days=terms,
+            dual_approval_above_fen=threshold_fen,
+        )
+    except InvalidInput as exc:
+        db.session.rollback()
+        for detail in exc.details:
+            field = str(detail.get("field", ""))
+            errors.setdefault(
+                ORGANISATION_FORM_FIELD.get(field, field), str(detail.get("message", ""))
+            )
+        return _render_organisations(form, errors=errors, message=exc.message, status=422)
+    except ShopError as exc:
+        db.session.rollback()
+        return _render_organisations(form, message=exc.message, status=exc.status)
+    db.session.commit()
+    flash(_("采购单位「%(name)s」已创建。", name=organisation.name), "success")
+    return redirect(url_for("admin.organisations"), code=303)
+
+
+@bp.post("/organisations/<int:organisation_id>/members")
+def add_organisation_member(organisation_id: int) -> Response:
+    organisation = db.session.get(Organisation, organisation_id)
+    if organisation is None:
+        abort(404)
+    form = request.form
+    email = form.get("email", "").strip()[:254]
+    password = form.get("password", "")[:1024] or None
+    _run(
+        lambda: units.add_member(
+            db.session,
+            _actor(),
+            organisation,
+            email=email,
+            role=form.get("role", ""),
+            name=form.get("name", "").strip()[:64] or None,
+            password=password,
+        ),
+        _("已把 %(email)s 加入「%(name)s」。", email=email, name=organisation.name),
+    )
+    return redirect(url_for("admin.organisations"), code=303)

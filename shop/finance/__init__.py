@@ -1,0 +1,1 @@
+"""Finance (财务): what the finance role sees and records."""
