@@ -244,19 +244,11 @@ def quick_order(user: User, body: QuickOrderIn) -> UnitOrderOut:
 )
 def reorder(user: User, order_id: int) -> UnitOrderOut:
     past = services.unit_order(db.session, user, order_id, REQUESTER)
-    rows = [
-        BulkRow(
-            row=i,
-            sku=line.sku,
-            quantity_text=str(line.quantity),
-            recipient=line.address.name if line.address else None,
-            phone=line.address.phone if line.address else None,
-            address=line.address.detail if line.address else None,
-            district=line.address.district if line.address else None,
-        )
-        for i, line in enumerate(past.lines, start=1)
-    ]
-    return _draft(user, rows, past.funding, None)
+    order = services.reorder(
+        db.session, user, past, shipping=ShippingRule.from_config(current_app.config)
+    )
+    db.session.commit()
+    return UnitOrderOut.of_unit(order)
 
 
 @endpoint(

@@ -30,6 +30,7 @@ from shop.orders.models import (
 )
 from shop.orders.services import (
     HUIZHOU,
+    PHONE,
     InvalidTransition,
     ShippingRule,
     order_line,
@@ -37,7 +38,7 @@ from shop.orders.services import (
     transition,
 )
 from shop.payments.services import STRIPE_UNAVAILABLE, idempotency_key, recognise_payment
-from shop.procurement.bulk import PricedLine
+from shop.procurement.bulk import BulkRow, PricedLine, check_bulk_rows
 from shop.procurement.models import (
     Approval,
     BankTransfer,
@@ -252,6 +253,8 @@ def create_draft(
                 "message": "资金来源应为财政资金、工会经费或自有资金。",
             }
         )
+    if default_delivery is not None:
+        problems += _delivery_problems(session, default_delivery)
     undelivered = [line.row for line in lines if not line.recipient and default_delivery is None]
     problems += [
         {
@@ -313,6 +316,64 @@ def create_draft(
     session.add(order)
     session.flush()
     return order
+
+
+def reorder(session: DbSession, user: User, past: Order, *, shipping: ShippingRule) -> Order:
+    """再来一单: a new draft of a past order's lines and deliveries at today's prices and rules."""
+    organisation = session.get(Organisation, past.organisation_id)
+    assert organisation is not None
+    rows = [
+        BulkRow(
+            row=number,
+            sku=line.sku,
+            quantity_text=str(line.quantity),
+            recipient=line.address.name if line.address else None,
+            phone=line.address.phone if line.address else None,
+            address=line.address.detail if line.address else None,
+            district=(line.address.district or None) if line.address else None,
+        )
+        for number, line in enumerate(past.lines, start=1)
+    ]
+    lines = check_bulk_rows(session, rows, today=shanghai_today(utcnow()))
+    return create_draft(
+        session,
+        user,
+        organisation,
+        lines,
+        funding=past.funding,
+        default_delivery=None,
+        shipping=shipping,
+    )
+
+
+def _delivery_problems(session: DbSession, delivery: Delivery) -> list[dict[str, Any]]:
+    problems = [
+        {"row": None, "column": column, "message": "默认收货信息中此项必填。"}
+        for column, value in (
+            ("recipient", delivery.recipient),
+            ("phone", delivery.phone),
+            ("address", delivery.address),
+            ("district", delivery.district),
+        )
+        if not value.strip()
+    ]
+    if delivery.phone.strip() and not PHONE.match(delivery.phone.strip()):
+        problems.append(
+            {"row": None, "column": "phone", "message": "请填写有效的手机或固定电话号码。"}
+        )
+    if (
+        delivery.district.strip()
+        and session.scalar(select(District.id).where(District.name == delivery.district.strip()))
+        is None
+    ):
+        problems.append(
+            {
+                "row": None,
+                "column": "district",
+                "message": f"惠州市没有名为「{delivery.district}」的区县。",
+            }
+        )
+    return problems
 
 
 def _unit_number(now: datetime) -> str:
@@ -546,6 +607,12 @@ def cancel_overdue(
     """Finance gives up on an unpaid invoice: it is voided at Stripe and the stock returns."""
     if order.channel != Channel.UNIT or order.status != Status.AWAITING_PAYMENT:
         raise Conflict(f"订单 {order.number} 不是待付款的单位订单。", code="invalid_transition")
+    if order.invoice_due_at is not None and order.invoice_due_at > utcnow():
+        raise Conflict(
+            f"订单 {order.number} 的发票 {order.invoice_due_at.astimezone(SHANGHAI):%Y-%m-%d} "
+            "才到期，未逾期的订单不能由财务取消。",
+            code="not_overdue",
+        )
     if order.stripe_invoice_id:
         try:
             client.v1.invoices.void_invoice(
@@ -592,7 +659,11 @@ def summary(session: DbSession, organisation: Organisation, year: int) -> dict[s
     target = organisation.reserved_target_fen
     counts: dict[str, int] = defaultdict(int)
     for status in session.scalars(
-        select(Order.status).where(Order.organisation_id == organisation.id)
+        select(Order.status).where(
+            Order.organisation_id == organisation.id,
+            Order.created_at >= start,
+            Order.created_at < end,
+        )
     ):
         counts[status] += 1
     return {

@@ -492,40 +492,13 @@ def reject(order_id: int) -> Response:
     return _back(order_id)
 
 
-def _rows_of(order: Order) -> list[BulkRow]:
-    """A past order's lines as if read from a file, each to the address it went to."""
-    return [
-        BulkRow(
-            row=number,
-            sku=line.sku,
-            quantity_text=str(line.quantity),
-            recipient=line.address.name if line.address else None,
-            phone=line.address.phone if line.address else None,
-            address=line.address.detail if line.address else None,
-            district=(line.address.district or None) if line.address else None,
-        )
-        for number, line in enumerate(order.lines, start=1)
-    ]
-
-
 @bp.post("/orders/<int:order_id>/reorder")
 def reorder(order_id: int) -> Response:
     """再来一单: a new draft with today's prices, checked like a new file."""
     user = _user()
     past = services.unit_order(db.session, user, order_id, REQUESTER)
-    organisation = db.session.get(Organisation, past.organisation_id)
-    assert organisation is not None
     try:
-        lines = check_bulk_rows(db.session, _rows_of(past), today=shanghai_today(utcnow()))
-        order = services.create_draft(
-            db.session,
-            user,
-            organisation,
-            lines,
-            funding=past.funding,
-            default_delivery=None,
-            shipping=_shipping(),
-        )
+        order = services.reorder(db.session, user, past, shipping=_shipping())
     except ShopError as exc:
         db.session.rollback()
         flash(_("无法再来一单：") + _said(exc), "error")

@@ -399,3 +399,68 @@ def test_authorisation_matrix(live_shop, people, everyone, action) -> None:
                 live_shop, "POST", f"/procurement/orders/{order['id']}/{action}", headers
             ).status_code
         assert status == expected[role], (action, role, status)
+
+
+def test_a_file_without_deliveries_needs_a_valid_default_delivery(live_shop, people) -> None:
+    bare = "商品编码,数量\nPA-TEA-001,10\n"
+    missing = upload(live_shop, people["officer"], bare)
+    assert missing.status_code == 422
+    assert missing.json()["error"]["details"][0]["row"] == 2
+    bad = upload(
+        live_shop,
+        people["officer"],
+        bare,
+        recipient="食堂",
+        phone="123",
+        address="文昌一路",
+        district="火星区",
+    )
+    assert bad.status_code == 422
+    assert {d["column"] for d in bad.json()["error"]["details"]} == {"phone", "district"}
+    good = upload(
+        live_shop,
+        people["officer"],
+        bare,
+        recipient="食堂",
+        phone="0752-2281234",
+        address="文昌一路 8 号",
+        district="惠城区",
+    )
+    assert good.status_code == 201, good.text
+    assert good.json()["address"]["district"] == "惠城区"
+    with live_shop.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_reorder_makes_a_new_draft_at_todays_prices(live_shop, people) -> None:
+    first = draft(live_shop, people)
+    with live_shop.app.app_context():
+        db.session.execute(update(Product).where(Product.sku == "XR-YR-001").values(price_fen=6100))
+        db.session.commit()
+    again = api(live_shop, "POST", f"/procurement/orders/{first['id']}/reorder", people["officer"])
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != first["id"] and again.json()["status"] == "draft"
+    assert [
+        (line["sku"], line["quantity"], line["unit_price_fen"]) for line in again.json()["lines"]
+    ] == [("PA-TEA-001", 60, 11800), ("XR-YR-001", 30, 6100), ("PA-TEA-001", 20, 11800)]
+    assert len(again.json()["lines"]) == 3
+    assert (
+        api(
+            live_shop, "POST", f"/procurement/orders/{first['id']}/reorder", people["approver"]
+        ).status_code
+        == 403
+    )
+
+
+def test_finance_cannot_cancel_an_invoice_that_is_not_yet_due(live_shop, people) -> None:
+    order = submitted_and_approved(live_shop, people)
+    refused = api(
+        live_shop,
+        "POST",
+        f"/finance/orders/{order['number']}/cancel",
+        people["finance"],
+        json={"reason": "太早"},
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "not_overdue"
+    assert stock(live_shop, "PA-TEA-001") == 600 - 80
