@@ -91,6 +91,11 @@ class ProductIn(BaseModel):
     description: str = Field("", max_length=4000)
 
 
+class TierIn(BaseModel):
+    min_quantity: int
+    price_fen: int
+
+
 class ProductPatch(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=128)
     name_en: str | None = Field(None, min_length=1, max_length=128)
@@ -105,6 +110,9 @@ class ProductPatch(BaseModel):
     min_order_quantity: int | None = None
     quantity_increment: int | None = None
     description: str | None = Field(None, max_length=4000)
+    tiers: list[TierIn] | None = Field(
+        None, max_length=20, description="unit tier prices; replaces all of them ([] removes)"
+    )
 
 
 class ShipmentIn(BaseModel):
@@ -115,7 +123,7 @@ class ShipmentIn(BaseModel):
 def _product_out(sku: str) -> ProductOut:
     today = shanghai_today(utcnow())
     view = get_product(db.session, sku, today)
-    return ProductOut.of(view, view.product.in_season(today))
+    return ProductOut.of(view, view.product.in_season(today)).with_tiers(view.product)
 
 
 @endpoint(
@@ -195,7 +203,10 @@ def create_product(user: User, body: ProductIn) -> ProductOut:
 )
 def update_product(user: User, sku: str, body: ProductPatch) -> ProductOut:
     product = services.get_product_for_update(db.session, sku)
-    services.save_product(db.session, user, product, body.model_dump(exclude_unset=True))
+    changes = body.model_dump(exclude_unset=True)
+    if body.tiers is not None:
+        changes["tiers"] = [(t.min_quantity, t.price_fen) for t in body.tiers]
+    services.save_product(db.session, user, product, changes)
     db.session.commit()
     return _product_out(sku)
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from shop.accounts.models import User
 from shop.accounts.services import audit
 from shop.catalog.credit_code import is_valid_credit_code
-from shop.catalog.models import Category, Certification, Product, Supplier
+from shop.catalog.models import Category, Certification, Product, Supplier, TierPrice
 from shop.catalog.services import resolve_county
 from shop.db import DbSession
 from shop.errors import Conflict, InvalidInput, NotFound
@@ -130,6 +130,9 @@ def save_product(
         problems.append({"field": "supplier_id", "message": "供应商不存在。"})
     if product is None and session.scalar(select(Product.id).where(Product.sku == changes["sku"])):
         problems.append({"field": "sku", "message": "该商品编码已存在。"})
+    tiers = changes.pop("tiers", None)
+    if tiers is not None:
+        problems += _tier_problems(tiers)
     if problems:
         raise InvalidInput("商品信息有误。", details=problems)
     before = {key: getattr(product, key) for key in changes} if product else {}
@@ -139,6 +142,13 @@ def save_product(
     else:
         for key, value in changes.items():
             setattr(product, key, value)
+    if tiers is not None:
+        if product.tiers:
+            before["tiers"] = [[t.min_quantity, t.price_fen] for t in product.tiers]
+            product.tiers = []
+            session.flush()  # the old tiers go before the new ones meet the same quantities
+        product.tiers = [TierPrice(min_quantity=q, price_fen=p) for q, p in sorted(tiers)]
+        changes["tiers"] = sorted(tiers)
     session.flush()
     audit(
         session,
@@ -149,6 +159,19 @@ def save_product(
         after=changes,
     )
     return product
+
+
+def _tier_problems(tiers: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Tier prices: from 2 units up, each quantity once, each price positive."""
+    problems = []
+    quantities = [q for q, _ in tiers]
+    if len(set(quantities)) != len(quantities):
+        problems.append({"field": "tiers", "message": "同一起订数量不能有两个阶梯价。"})
+    if any(q < 2 for q in quantities):
+        problems.append({"field": "tiers", "message": "阶梯价的起订数量至少为 2。"})
+    if any(p <= 0 for _, p in tiers):
+        problems.append({"field": "tiers", "message": "阶梯价必须大于 0。"})
+    return problems
 
 
 def get_product_for_update(session: DbSession, sku: str) -> Product:

@@ -20,6 +20,11 @@ class Season(BaseModel):
     to: str | None = None
 
 
+class TierOut(BaseModel):
+    min_quantity: int
+    price_fen: int
+
+
 class ProductOut(BaseModel):
     sku: str
     name: str
@@ -34,6 +39,9 @@ class ProductOut(BaseModel):
     in_season: bool
     season: Season
     supplier: str
+    min_order_quantity: int
+    quantity_increment: int
+    tiers: list[TierOut] | None = Field(None, description="unit tier prices; on one product only")
 
     @classmethod
     def of(cls, view: ProductView, today_in_season: bool) -> ProductOut:
@@ -53,7 +61,15 @@ class ProductOut(BaseModel):
             in_season=today_in_season,
             season=Season.model_construct(from_=product.season_from, to=product.season_to),
             supplier=product.supplier.name,
+            min_order_quantity=product.min_order_quantity,
+            quantity_increment=product.quantity_increment,
         )
+
+    def with_tiers(self, product: Product) -> ProductOut:
+        self.tiers = [
+            TierOut(min_quantity=t.min_quantity, price_fen=t.price_fen) for t in product.tiers
+        ]
+        return self
 
     model_config = {"populate_by_name": True}
 
@@ -112,4 +128,4 @@ def list_products(query: ProductQuery) -> ProductPageOut:
 def show_product(sku: str) -> ProductOut:
     today = shanghai_today(utcnow())
     view = get_product(db.session, sku, today)
-    return ProductOut.of(view, view.product.in_season(today))
+    return ProductOut.of(view, view.product.in_season(today)).with_tiers(view.product)

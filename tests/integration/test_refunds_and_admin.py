@@ -215,3 +215,42 @@ def test_admin_ships_paid_orders_only(live_shop: LiveShop) -> None:
         ).status_code
         == 409
     )
+
+
+def test_admin_sets_unit_rules_and_tier_prices(client, admin) -> None:
+    url = "/api/v1/admin/products/AL-MS-001"
+    response = client.patch(
+        url,
+        headers=admin,
+        json={
+            "min_order_quantity": 10,
+            "quantity_increment": 5,
+            "tiers": [
+                {"min_quantity": 200, "price_fen": 4800},
+                {"min_quantity": 50, "price_fen": 5200},
+            ],
+        },
+    )
+    assert response.status_code == 200, response.get_json()
+    shown = client.get("/api/v1/products/AL-MS-001").get_json()
+    assert (shown["min_order_quantity"], shown["quantity_increment"]) == (10, 5)
+    assert shown["tiers"] == [
+        {"min_quantity": 50, "price_fen": 5200},
+        {"min_quantity": 200, "price_fen": 4800},
+    ]
+    bad = client.patch(
+        url,
+        headers=admin,
+        json={
+            "tiers": [
+                {"min_quantity": 50, "price_fen": 5000},
+                {"min_quantity": 50, "price_fen": 4000},
+                {"min_quantity": 1, "price_fen": 0},
+            ]
+        },
+    )
+    assert bad.status_code == 422
+    assert len(bad.get_json()["error"]["details"]) == 3
+    assert client.get("/api/v1/products/AL-MS-001").get_json()["tiers"][0]["price_fen"] == 5200
+    cleared = client.patch(url, headers=admin, json={"tiers": []})
+    assert cleared.status_code == 200 and cleared.get_json()["tiers"] == []
