@@ -162,12 +162,11 @@ def _draft(
     user: User, rows: list[BulkRow], funding: str | None, delivery: services.Delivery | None
 ) -> UnitOrderOut:
     organisation = services.organisation_for(db.session, user, REQUESTER)
-    lines = check_bulk_rows(db.session, rows, today=shanghai_today(utcnow()))
-    order = services.create_draft(
+    order = services.draft_from_rows(
         db.session,
         user,
         organisation,
-        lines,
+        rows,
         funding=funding,
         default_delivery=delivery,
         shipping=ShippingRule.from_config(current_app.config),

@@ -318,6 +318,29 @@ def create_draft(
     return order
 
 
+def draft_from_rows(
+    session: DbSession,
+    user: User,
+    organisation: Organisation,
+    rows: list[BulkRow],
+    *,
+    funding: str | None,
+    default_delivery: Delivery | None,
+    shipping: ShippingRule,
+) -> Order:
+    """Check and price rows read from a file or a paste, and save them as a draft."""
+    lines = check_bulk_rows(session, rows, today=shanghai_today(utcnow()))
+    return create_draft(
+        session,
+        user,
+        organisation,
+        lines,
+        funding=funding,
+        default_delivery=default_delivery,
+        shipping=shipping,
+    )
+
+
 def reorder(session: DbSession, user: User, past: Order, *, shipping: ShippingRule) -> Order:
     """再来一单: a new draft of a past order's lines and deliveries at today's prices and rules."""
     organisation = session.get(Organisation, past.organisation_id)
@@ -334,12 +357,11 @@ def reorder(session: DbSession, user: User, past: Order, *, shipping: ShippingRu
         )
         for number, line in enumerate(past.lines, start=1)
     ]
-    lines = check_bulk_rows(session, rows, today=shanghai_today(utcnow()))
-    return create_draft(
+    return draft_from_rows(
         session,
         user,
         organisation,
-        lines,
+        rows,
         funding=past.funding,
         default_delivery=None,
         shipping=shipping,

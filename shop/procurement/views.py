@@ -342,7 +342,7 @@ def upload_order() -> Any:
         )
     if saving:
         db.session.commit()
-        flash(_("草稿已保存：%(n)s 行商品。请核对后提交审批。", n=len(lines)), "success")
+        flash(_("草稿已保存：%(n)s 行商品。请核对后提交审批。", n=len(order.lines)), "success")
         return redirect(url_for("procurement.order_page", order_id=order.id), code=303)
     return _render_new(
         organisation,
@@ -374,14 +374,11 @@ def quick_order() -> Any:
     if field_errors:
         return _render_new(organisation, quick=form, quick_errors=field_errors, status=422)
     try:
-        lines = check_bulk_rows(
-            db.session, parse_quick_order(form["text"]), today=shanghai_today(utcnow())
-        )
-        order = services.create_draft(
+        order = services.draft_from_rows(
             db.session,
             _user(),
             organisation,
-            lines,
+            parse_quick_order(form["text"]),
             funding=form["funding"],
             default_delivery=delivery,
             shipping=_shipping(),
@@ -396,7 +393,7 @@ def quick_order() -> Any:
             status=422,
         )
     db.session.commit()
-    flash(_("草稿已保存：%(n)s 行商品。请核对后提交审批。", n=len(lines)), "success")
+    flash(_("草稿已保存：%(n)s 行商品。请核对后提交审批。", n=len(order.lines)), "success")
     return redirect(url_for("procurement.order_page", order_id=order.id), code=303)
 
 
