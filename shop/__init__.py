@@ -92,8 +92,6 @@ def _register_blueprints(app: Flask) -> None:
     for bp in apis:
         app.register_blueprint(bp)
     register_error_handlers(app)
-    try:
-        from shop.views import register_views
-    except ImportError:
-        return
+    from shop.views import register_views
+
     register_views(app)
