@@ -38,9 +38,9 @@ def _catalogue_statements() -> dict[str | None, tuple[str, dict[str, Any]]]:
         counties: list[str | None] = [None, *connection.scalars(select(County.name))]
     statements = {}
     for county in counties:
-        query = catalogue_query(today, county=county).limit(page_size).offset(0)
-        compiled = query.compile(dialect=engine.dialect)
-        statements[county] = (str(compiled), compiled.params)
+        query = catalogue_query(today, county=county, limit=page_size, offset=0)
+        compiled = query.statement.compile(dialect=engine.dialect)
+        statements[county] = (str(compiled), compiled.construct_params(query.params))
     return statements
 
 

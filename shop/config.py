@@ -66,7 +66,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SECRET_KEY": env.get("SECRET_KEY", "development-only-not-secret"),
         "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", default_db),
         "SQLALCHEMY_ENGINE_OPTIONS": {
-            "pool_pre_ping": True,
+            # Off by default: a ping is a round trip on every request. A connection the server
+            # dropped then fails one request and is replaced; turn it on where that is rarer than
+            # the cost (e.g. behind a proxy that closes idle connections).
+            "pool_pre_ping": env.get("DATABASE_PRE_PING", "") in ("1", "true", "yes"),
+            "pool_recycle": 1800,
             # One connection per serving thread, so that threads never queue for the pool.
             "pool_size": _int(env, "DATABASE_POOL_SIZE", 10),
             "max_overflow": 10,

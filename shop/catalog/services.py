@@ -5,8 +5,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Label, Select, and_, exists, func, or_, select
+from sqlalchemy import (
+    Date,
+    Integer,
+    Label,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import contains_eager
 
 from shop.catalog.models import Category, Certification, County, Product, Supplier
@@ -28,7 +42,8 @@ class ProductPage:
     total: int
 
 
-def _certified_now(today: date) -> Label[bool]:
+def _certified_now() -> Label[bool]:
+    today = bindparam("today", type_=Date)
     valid = exists().where(
         Certification.supplier_id == Product.supplier_id,
         Certification.valid_from <= today,
@@ -44,26 +59,49 @@ def resolve_county(session: DbSession, value: str) -> County:
     return county
 
 
+@dataclass(frozen=True)
+class CatalogueQuery:
+    """The catalogue SELECT and the values for its parameters."""
+
+    statement: Select[Product, bool, int]
+    params: dict[str, Any]
+
+
 def catalogue_query(
     today: date,
     *,
     county: str | None = None,
     category: Category | None = None,
     q: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> CatalogueQuery:
+    """One SELECT for any filters; statements are built once per combination of filters."""
+    params: dict[str, Any] = {"today": today, "county": county, "limit": limit, "offset": offset}
+    if q:
+        params["pattern"] = f"%{q.strip()}%"
+    statement = _catalogue_statement(county is not None, category, bool(q), limit is not None)
+    return CatalogueQuery(statement, params)
+
+
+@cache
+def _catalogue_statement(
+    by_county: bool, category: Category | None, by_text: bool, paged: bool
 ) -> Select[Product, bool, int]:
     query = (
-        select(Product, _certified_now(today), func.count().over().label("total"))
+        select(Product, _certified_now(), func.count().over().label("total"))
         .join(Product.supplier)
         .join(Supplier.county)
         .options(contains_eager(Product.supplier).contains_eager(Supplier.county))
         .where(Product.active)
     )
-    if county is not None:
+    if by_county:
+        county = bindparam("county", type_=String)
         query = query.where(or_(County.code == county, County.name == county))
     if category is not None:
         query = query.where(Product.category == category.value)
-    if q:
-        pattern = f"%{q.strip()}%"
+    if by_text:
+        pattern = bindparam("pattern", type_=String)
         query = query.where(
             or_(
                 Product.name.ilike(pattern),
@@ -72,7 +110,12 @@ def catalogue_query(
                 Supplier.name.ilike(pattern),
             )
         )
-    return query.order_by(Product.category, Product.sku)
+    query = query.order_by(Product.category, Product.sku)
+    if paged:
+        query = query.limit(bindparam("limit", type_=Integer)).offset(
+            bindparam("offset", type_=Integer)
+        )
+    return query
 
 
 def search_products(
@@ -94,8 +137,15 @@ def search_products(
                 details=[{"field": "category", "allowed": [c.value for c in Category]}],
             )
     page = max(page, 1)
-    query = catalogue_query(today, county=county or None, category=parsed_category, q=q)
-    rows = session.execute(query.limit(per_page).offset((page - 1) * per_page)).all()
+    query = catalogue_query(
+        today,
+        county=county or None,
+        category=parsed_category,
+        q=q,
+        limit=per_page,
+        offset=(page - 1) * per_page,
+    )
+    rows = session.execute(query.statement, query.params).all()
     total = rows[0].total if rows else 0
     if not rows and county:
         resolve_county(session, county)  # an unknown county is a mistake to report, not "none"
@@ -108,7 +158,8 @@ def search_products(
 
 
 def get_product(session: DbSession, sku: str, today: date) -> ProductView:
-    row = session.execute(catalogue_query(today).where(Product.sku == sku)).first()
+    query = catalogue_query(today)
+    row = session.execute(query.statement.where(Product.sku == sku), query.params).first()
     if row is None:
         raise NotFound(f"没有编码为 {sku} 的商品。")
     return ProductView(row.Product, bool(row.certified_now))
