@@ -301,15 +301,99 @@ def test_short_stock_on_submit_is_409_and_holds_nothing(live_shop, people) -> No
 # --- who may do what ---------------------------------------------------------------------------
 
 ROLES = ["anonymous", "buyer", "requester", "approver", "other_viewer", "finance", "admin"]
-EXPECTED = {  # endpoint → status per role, in the order of ROLES
-    "upload": [401, 403, 201, 403, 403, 403, 403],
-    "list": [401, 403, 200, 200, 200, 403, 403],
-    "summary": [401, 403, 200, 200, 200, 403, 403],
-    "show": [401, 404, 200, 200, 404, 404, 404],
-    "submit": [401, 404, 200, 403, 404, 404, 404],
-    "approve": [401, 404, 403, 200, 404, 404, 404],
-    "transfer": [401, 403, 403, 403, 403, 201, 403],
+# endpoint → (the state its order must be in, expected status per role in the order of ROLES)
+EXPECTED = {
+    "upload": (None, [401, 403, 201, 403, 403, 403, 403]),
+    "preview": (None, [401, 403, 200, 403, 403, 403, 403]),
+    "quick": (None, [401, 403, 201, 403, 403, 403, 403]),
+    "list": (None, [401, 403, 200, 200, 200, 403, 403]),
+    "summary": (None, [401, 403, 200, 200, 200, 403, 403]),
+    "show": ("draft", [401, 404, 200, 200, 404, 404, 404]),
+    "reorder": ("draft", [401, 404, 201, 403, 404, 404, 404]),
+    "submit": ("draft", [401, 404, 200, 403, 404, 404, 404]),
+    "approve": ("pending_approval", [401, 404, 403, 200, 404, 404, 404]),
+    "reject": ("pending_approval", [401, 404, 403, 200, 404, 404, 404]),
+    "transfer": ("awaiting_payment", [401, 403, 403, 403, 403, 201, 403]),
+    "overdue": (None, [401, 403, 403, 403, 403, 200, 403]),
+    "cancel": ("overdue", [401, 403, 403, 403, 403, 200, 403]),
 }
+QUICK = {
+    "text": "PA-TEA-001 10",
+    "delivery": {
+        "recipient": "食堂",
+        "phone": "13800138000",
+        "address": "文昌一路 8 号",
+        "district": "惠城区",
+    },
+}
+
+
+def order_in_state(live: LiveShop, people: dict[str, dict[str, str]], state: str) -> dict:
+    order = draft(live, people)
+    steps = {
+        "pending_approval": ["submit"],
+        "awaiting_payment": ["submit", "approve"],
+        "overdue": ["submit", "approve"],
+    }.get(state, [])
+    for step in steps:
+        who = people["officer"] if step == "submit" else people["approver"]
+        assert api(live, "POST", f"/procurement/orders/{order['id']}/{step}", who).ok
+    if state == "overdue":
+        with live.app.app_context():
+            db.session.execute(
+                update(Order)
+                .where(Order.id == order["id"])
+                .values(invoice_due_at=utcnow() - timedelta(days=1))
+            )
+            db.session.commit()
+    return order
+
+
+def call(
+    live: LiveShop, action: str, headers: dict[str, str], order: dict | None, role: str
+) -> int:
+    oid = order["id"] if order else None
+    requests_by_action = {
+        "upload": lambda: upload(live, headers, TWO_CANTEENS),
+        "preview": lambda: api(
+            live,
+            "POST",
+            "/procurement/orders/preview",
+            headers,
+            files={"file": ("o.csv", TWO_CANTEENS.encode(), "text/csv")},
+        ),
+        "quick": lambda: api(live, "POST", "/procurement/orders/quick", headers, json=QUICK),
+        "list": lambda: api(live, "GET", "/procurement/orders", headers),
+        "summary": lambda: api(live, "GET", "/procurement/summary", headers),
+        "show": lambda: api(live, "GET", f"/procurement/orders/{oid}", headers),
+        "reorder": lambda: api(live, "POST", f"/procurement/orders/{oid}/reorder", headers),
+        "submit": lambda: api(live, "POST", f"/procurement/orders/{oid}/submit", headers),
+        "approve": lambda: api(live, "POST", f"/procurement/orders/{oid}/approve", headers),
+        "reject": lambda: api(
+            live, "POST", f"/procurement/orders/{oid}/reject", headers, json={"reason": "不需要"}
+        ),
+        "transfer": lambda: api(
+            live,
+            "POST",
+            "/finance/transfers",
+            headers,
+            json={
+                "order": order["number"],
+                "amount_fen": order["total_fen"],
+                "paid_at": date.today().isoformat(),
+                "reference": f"REF-{role}",
+            },
+        ),
+        "overdue": lambda: api(live, "GET", "/finance/overdue", headers),
+        "cancel": lambda: api(
+            live,
+            "POST",
+            f"/finance/orders/{order['number']}/cancel",
+            headers,
+            json={"reason": "逾期"},
+        ),
+    }
+    return requests_by_action[action]().status_code
 
 
 @pytest.fixture
@@ -352,53 +436,13 @@ def everyone(live_shop: LiveShop, people) -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize("action", list(EXPECTED))
 def test_authorisation_matrix(live_shop, people, everyone, action) -> None:
-    expected = dict(zip(ROLES, EXPECTED[action], strict=True))
+    state, statuses = EXPECTED[action]
+    expected = dict(zip(ROLES, statuses, strict=True))
+    seen = {}
     for role, headers in everyone.items():
-        order = None
-        if action in ("show", "submit", "approve", "transfer"):
-            order = draft(live_shop, people)
-            if action in ("approve", "transfer"):
-                api(
-                    live_shop,
-                    "POST",
-                    f"/procurement/orders/{order['id']}/submit",
-                    people["officer"],
-                )
-            if action == "transfer":
-                api(
-                    live_shop,
-                    "POST",
-                    f"/procurement/orders/{order['id']}/approve",
-                    people["approver"],
-                )
-        if action == "upload":
-            status = upload(live_shop, headers, TWO_CANTEENS).status_code
-        elif action == "list":
-            status = api(live_shop, "GET", "/procurement/orders", headers).status_code
-        elif action == "summary":
-            status = api(live_shop, "GET", "/procurement/summary", headers).status_code
-        elif action == "show":
-            status = api(
-                live_shop, "GET", f"/procurement/orders/{order['id']}", headers
-            ).status_code
-        elif action == "transfer":
-            status = api(
-                live_shop,
-                "POST",
-                "/finance/transfers",
-                headers,
-                json={
-                    "order": order["number"],
-                    "amount_fen": order["total_fen"],
-                    "paid_at": date.today().isoformat(),
-                    "reference": f"REF-{role}",
-                },
-            ).status_code
-        else:
-            status = api(
-                live_shop, "POST", f"/procurement/orders/{order['id']}/{action}", headers
-            ).status_code
-        assert status == expected[role], (action, role, status)
+        order = order_in_state(live_shop, people, state) if state else None
+        seen[role] = call(live_shop, action, headers, order, role)
+    assert seen == expected
 
 
 def test_a_file_without_deliveries_needs_a_valid_default_delivery(live_shop, people) -> None:
@@ -464,3 +508,13 @@ def test_finance_cannot_cancel_an_invoice_that_is_not_yet_due(live_shop, people)
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "not_overdue"
     assert stock(live_shop, "PA-TEA-001") == 600 - 80
+
+
+def test_submitting_twice_is_an_illegal_transition(live_shop, people) -> None:
+    order = draft(live_shop, people)
+    url = f"/procurement/orders/{order['id']}/submit"
+    assert api(live_shop, "POST", url, people["officer"]).status_code == 200
+    again = api(live_shop, "POST", url, people["officer"])
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "invalid_transition"
+    assert stock(live_shop, "PA-TEA-001") == 600 - 80  # reserved once
