@@ -75,9 +75,13 @@ def demo_group() -> None:
 @with_appcontext
 def demo_load() -> None:
     """Load the demo catalogue and accounts (does nothing if they are there)."""
+    from sqlalchemy import inspect
+
     from shop.demo import load_demo_data
     from shop.extensions import db
 
+    if not inspect(db.engine).has_table("users"):
+        raise click.ClickException("the database has no schema yet: run `shop db upgrade` first")
     created = load_demo_data(db.session)
     db.session.commit()
     click.echo("demo data loaded" if created else "demo data already present")
@@ -85,11 +89,15 @@ def demo_load() -> None:
 
 
 def _print_accounts() -> None:
-    from shop.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
+    from shop.demo import DEMO_ACCOUNTS, DEMO_MEMBERS, DEMO_PASSWORD, DEMO_UNIT
 
+    unit_roles = dict(DEMO_MEMBERS)
     click.echo("demo accounts (demo only), password for all: " + DEMO_PASSWORD)
     for email, _, role in DEMO_ACCOUNTS:
-        click.echo(f"  {role:<8} {email}")
+        if email in unit_roles:
+            click.echo(f"  {unit_roles[email]:<9} {email}  ({DEMO_UNIT['name']})")
+        else:
+            click.echo(f"  {role:<9} {email}")
 
 
 @demo_group.command("serve")
