@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from sqlalchemy import func, select, update
 
 from shop.db import utcnow
@@ -25,15 +25,6 @@ from tests.conftest import PASSWORD, LiveShop, shots_dir
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 UNIT = "惠州市惠城区机关事务服务中心"
 HEADER = "商品编码,数量,收货人,电话,收货地址,区县\n"
@@ -51,14 +42,6 @@ GOODS_FEN = 80 * 11800 + 50 * 5400
 # Row 3 orders 12 bags where the unit rule says multiples of 5.
 BAD_FILE = HEADER + f"PA-TEA-001,60,{CANTEEN_A}\n" + f"XR-YR-001,12,{CANTEEN_A}\n"
 DELIVERY = {"收货人": "王食堂", "电话": "13900139000", "收货地址": "江北街道云山西路 2 号 职工食堂"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
