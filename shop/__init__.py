@@ -83,12 +83,26 @@ def _register_blueprints(app: Flask) -> None:
     from shop.admin.api import bp as admin_api
     from shop.api import register_error_handlers
     from shop.catalog.api import bp as catalog_api
+    from shop.finance.api import bp as finance_api
+    from shop.ledger.api import bp as ledger_api
     from shop.meta import bp as meta_api
     from shop.orders.api import bp as orders_api
     from shop.payments.api import bp as stripe_api
     from shop.procurement.api import bp as procurement_api
+    from shop.reconciliation.api import bp as reconciliation_api
 
-    apis = (meta_api, auth_api, catalog_api, orders_api, stripe_api, admin_api, procurement_api)
+    apis = (
+        meta_api,
+        auth_api,
+        catalog_api,
+        orders_api,
+        stripe_api,
+        admin_api,
+        procurement_api,
+        finance_api,
+        ledger_api,
+        reconciliation_api,
+    )
     for bp in apis:
         app.register_blueprint(bp)
     register_error_handlers(app)

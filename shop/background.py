@@ -10,6 +10,9 @@ from flask import Flask
 
 BEAT_SCHEDULE = {
     "expire-unpaid-orders": {"task": "shop.expire_unpaid_orders", "schedule": crontab(minute="*")},
+    "rollup": {"task": "shop.rollup", "schedule": crontab(minute="*")},
+    "recognise": {"task": "shop.recognise", "schedule": crontab(minute="*/5")},
+    "reconcile-payments": {"task": "shop.reconcile_payments", "schedule": crontab(minute="*/15")},
 }
 
 

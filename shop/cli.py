@@ -7,13 +7,16 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import select
 from werkzeug.serving import run_simple
 
-from shop.accounts.models import Role
+from shop.accounts.models import Role, User
+from shop.extensions import db
 
 
 def _create_app() -> Flask:
@@ -28,7 +31,19 @@ def main() -> None:
 
 
 def register_commands(app: Flask) -> None:
-    for command in (db_group, demo_group, users_group, tokens_group, expire_orders, emulator):
+    for command in (
+        db_group,
+        demo_group,
+        users_group,
+        tokens_group,
+        expire_orders,
+        emulator,
+        reconcile,
+        close_month,
+        export_group,
+        import_offline,
+        ledger_group,
+    ):
         app.cli.add_command(command)
 
 
@@ -213,6 +228,159 @@ def expire_orders() -> None:
     from workers.tasks import expire_unpaid_orders
 
     click.echo(f"cancelled {expire_unpaid_orders.apply().get()} expired orders")
+
+
+@click.command("reconcile")
+@with_appcontext
+def reconcile() -> None:
+    """Reconcile with Stripe now (the beat does it every 15 minutes)."""
+    from workers.tasks import reconcile_payments
+
+    report = reconcile_payments.apply().get()
+    click.echo(" ".join(f"{key}={value}" for key, value in report.items()))
+
+
+def _finance_user(email: str) -> User:
+    from shop.accounts.services import normalise_email
+
+    user = db.session.scalar(select(User).where(User.email == normalise_email(email)))
+    if user is None or not user.has_role(Role.FINANCE):
+        raise click.ClickException(f"{email} is not a finance account")
+    return user
+
+
+@click.command("close-month")
+@click.argument("month")
+@click.option("--by", "email", required=True, help="the finance account closing it")
+@with_appcontext
+def close_month(month: str, email: str) -> None:
+    """Close a month (YYYY-MM): nothing dated inside it changes afterwards."""
+    from shop.errors import ShopError
+    from shop.ledger.services import close_month as close
+
+    try:
+        closed = close(db.session, month, _finance_user(email))
+    except ShopError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(
+        f"closed {closed.month}: {closed.total_fen / 100:.2f} 元 in {closed.entries} entries"
+    )
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export consumption-assistance totals or detail to CSV or xlsx."""
+
+
+def _export_options(command: Any) -> Any:
+    command = click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)(
+        command
+    )
+    command = click.option(
+        "--format", "fmt", type=click.Choice(["csv", "xlsx"]), default="csv", show_default=True
+    )(command)
+    command = click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True)(command)
+    return click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True)(
+        command
+    )
+
+
+@export_group.command("totals")
+@_export_options
+@click.option("--group-by", default="county,month", show_default=True)
+@with_appcontext
+def export_totals(start: Any, end: Any, fmt: str, output: str, group_by: str) -> None:
+    """Counted totals from --from to --to (Shanghai days), grouped by --group-by."""
+    _export("totals", start, end, fmt, output, group_by)
+
+
+@export_group.command("detail")
+@_export_options
+@with_appcontext
+def export_detail(start: Any, end: Any, fmt: str, output: str) -> None:
+    """Every ledger entry from --from to --to, counted or not (with the reason)."""
+    _export("detail", start, end, fmt, output, "")
+
+
+def _export(report: str, start: Any, end: Any, fmt: str, output: str, group_by: str) -> None:
+    from pathlib import Path
+
+    from shop.errors import ShopError
+    from shop.finance.exports import write_report
+    from shop.ledger.services import parse_group_by
+
+    try:
+        rows = write_report(
+            db.session,
+            report,
+            fmt,
+            start=start.date(),
+            end=end.date(),
+            group_by=parse_group_by(group_by),
+            path=Path(output),
+        )
+    except ShopError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"wrote {rows} rows to {output}")
+
+
+@click.command("import-offline")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--by", "email", required=True, help="the finance account importing it")
+@with_appcontext
+def import_offline(path: str, email: str) -> None:
+    """Import counter sales (消费帮扶专柜) from a CSV or xlsx file, each row once."""
+    from pathlib import Path
+
+    from shop.errors import ShopError
+    from shop.ledger.offline import import_offline_sales
+
+    file = Path(path)
+    try:
+        batch, created = import_offline_sales(
+            db.session, file.read_bytes(), file.name, _finance_user(email)
+        )
+    except ShopError as exc:
+        for detail in exc.details:
+            click.echo(f"  {detail}", err=True)
+        raise click.ClickException(exc.message) from exc
+    if created:
+        click.echo(f"imported {batch.rows} rows, {batch.total_fen / 100:.2f} 元")
+    else:
+        click.echo(f"{file.name} was imported before (import {batch.id}); nothing written")
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """The assistance ledger: recognition sweep, daily totals."""
+
+
+@ledger_group.command("recognise")
+@with_appcontext
+def ledger_recognise() -> None:
+    """Write the entries of paid orders and refunds that have none yet."""
+    from shop.ledger.services import recognise_all
+
+    click.echo(" ".join(f"{k}={v}" for k, v in recognise_all(db.session).items()))
+
+
+@ledger_group.command("rollup")
+@with_appcontext
+def ledger_rollup() -> None:
+    """Fold new entries into the daily totals."""
+    from shop.ledger.services import rollup
+
+    click.echo(f"folded entries up to {rollup(db.session)} ids further")
+
+
+@ledger_group.command("rebuild")
+@with_appcontext
+def ledger_rebuild() -> None:
+    """Rebuild the daily totals from the whole ledger."""
+    from shop.ledger.services import rebuild_rollups
+
+    rebuild_rollups(db.session)
+    click.echo("daily totals rebuilt")
 
 
 @click.command("emulator")

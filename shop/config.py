@@ -100,6 +100,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
         "API_TOKEN_DAYS": _int(env, "API_TOKEN_DAYS", 90),
+        # Shared by every web and worker process: export files, uploaded counter-sales files.
+        "EXPORT_DIR": Path(env.get("EXPORT_DIR", INSTANCE_DIR / "exports")),
+        "UPLOAD_DIR": Path(env.get("UPLOAD_DIR", INSTANCE_DIR / "uploads")),
+        # Reconciliation re-reads this much before its stored cursor, for objects Stripe
+        # created earlier and changed since (a Checkout Session paid an hour after it opened).
+        "RECONCILE_OVERLAP_SECONDS": _int(env, "RECONCILE_OVERLAP_SECONDS", 86400),
         "BABEL_DEFAULT_LOCALE": "zh",
         "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
         "SHOP_LOCALES": ["zh", "en"],
@@ -111,7 +117,13 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "task_eager_propagates": True,
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
-            "broker_transport_options": {"visibility_timeout": 3600},
+            # With late acks, a worker holds one task at a time, not a batch it might lose.
+            "worker_prefetch_multiplier": 1,
+            # Redis redelivers a task nobody acknowledged after this long: longer than the
+            # longest task, or a slow task would run twice at once.
+            "broker_transport_options": {
+                "visibility_timeout": _int(env, "CELERY_VISIBILITY_TIMEOUT", 7200)
+            },
             "timezone": "Asia/Shanghai",
             "enable_utc": True,
         },

@@ -10,9 +10,19 @@ from shop.catalog.models import (
     Supplier,
     TierPrice,
 )
+from shop.finance.models import ExportJob
+from shop.ledger.models import (
+    ClosedMonth,
+    Cursor,
+    DailyTotal,
+    LedgerEntry,
+    OfflineImport,
+    OfflineSale,
+)
 from shop.orders.models import Order, OrderAddress, OrderLine, Refund, RefundLine, StatusChange
 from shop.payments.models import StripeEvent
 from shop.procurement.models import Approval, BankTransfer, Membership, Organisation
+from shop.reconciliation.models import Discrepancy
 
 __all__ = [
     "ApiToken",
@@ -20,9 +30,17 @@ __all__ = [
     "AuditEntry",
     "BankTransfer",
     "Certification",
+    "ClosedMonth",
     "County",
+    "Cursor",
+    "DailyTotal",
+    "Discrepancy",
     "District",
+    "ExportJob",
+    "LedgerEntry",
     "Membership",
+    "OfflineImport",
+    "OfflineSale",
     "Order",
     "OrderAddress",
     "OrderLine",

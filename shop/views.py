@@ -99,11 +99,12 @@ def register_views(app: Flask) -> None:
     from shop.admin.views import bp as admin
     from shop.catalog.views import bp as catalog
     from shop.finance.views import bp as finance
+    from shop.ledger.views import bp as ledger
     from shop.orders.views import bp as orders
     from shop.orders.views import cart_count
     from shop.procurement.views import bp as procurement
 
-    for bp in (catalog, orders, accounts, admin, procurement, finance):
+    for bp in (catalog, orders, accounts, admin, procurement, finance, ledger):
         app.register_blueprint(bp)
 
     app.jinja_env.filters["yuan"] = yuan

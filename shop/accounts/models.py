@@ -27,6 +27,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(16), default=Role.BUYER)
     active: Mapped[bool] = mapped_column(default=True)
+    # The unit a buyer works for: their personal purchases also show in its progress.
+    employer_organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # Flask-Login protocol

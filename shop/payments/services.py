@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import stripe
@@ -16,6 +16,7 @@ from shop.accounts.models import User
 from shop.accounts.services import audit
 from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, ServiceUnavailable
+from shop.ledger.services import recognise_order, recognise_refund
 from shop.orders.models import Order, OrderLine, Refund, RefundLine, Status
 from shop.orders.services import (
     Address,
@@ -226,9 +227,19 @@ def cancel_order(session: DbSession, client: stripe.StripeClient, order: Order, 
 
 
 def recognise_payment(
-    session: DbSession, order: Order, *, payment_intent: str | None, amount_fen: int, source: str
+    session: DbSession,
+    order: Order,
+    *,
+    payment_intent: str | None,
+    amount_fen: int,
+    source: str,
+    paid_at: datetime | None = None,
 ) -> bool:
-    """Mark an order paid on Stripe's word. Idempotent; False when nothing changed."""
+    """Mark an order paid and write its ledger entries, in one transaction. Idempotent.
+
+    `paid_at` is when the money moved (Stripe's event time, the bank's transfer date); the
+    ledger dates the entries by it. False when nothing changed.
+    """
     if order.status != Status.AWAITING_PAYMENT:
         if order.status == Status.CANCELLED:
             log.error("payment %s arrived for cancelled order %s", payment_intent, order.number)
@@ -244,9 +255,10 @@ def recognise_payment(
         return False
     if payment_intent:
         order.stripe_payment_intent_id = payment_intent
-    order.paid_at = utcnow()
+    order.paid_at = min(paid_at, utcnow()) if paid_at else utcnow()
     order.expires_at = None
     transition(session, order, Status.PAID, reason=source)
+    recognise_order(session, order)
     return True
 
 
@@ -403,6 +415,7 @@ def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping
     order.refunded_fen += refund.amount_fen
     to = Status.REFUNDED if order.refunded_fen >= order.total_fen else Status.PARTIALLY_REFUNDED
     transition(session, order, to, reason=f"退款 {refund.amount_fen / 100:.2f} 元")
+    recognise_refund(session, refund)
     return True
 
 
@@ -507,6 +520,7 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
         return False
     obj: Mapping[str, Any] = event["data"]["object"]
     kind = event["type"]
+    happened = datetime.fromtimestamp(event["created"], UTC) if event.get("created") else None
     order = _order_from_metadata(session, obj)
     if order is None:
         log.info("stripe event %s (%s) matches no order", event["id"], kind)
@@ -518,14 +532,25 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             payment_intent=_id(obj.get("payment_intent")),
             amount_fen=obj["amount_total"],
             source=kind,
+            paid_at=happened,
         )
     if kind == "payment_intent.succeeded":
         return recognise_payment(
-            session, order, payment_intent=obj["id"], amount_fen=obj["amount_received"], source=kind
+            session,
+            order,
+            payment_intent=obj["id"],
+            amount_fen=obj["amount_received"],
+            source=kind,
+            paid_at=happened,
         )
     if kind == "invoice.paid":
         return recognise_payment(
-            session, order, payment_intent=None, amount_fen=obj["amount_paid"], source=kind
+            session,
+            order,
+            payment_intent=None,
+            amount_fen=obj["amount_paid"],
+            source=kind,
+            paid_at=happened,
         )
     if kind == "checkout.session.expired" and order.status == Status.AWAITING_PAYMENT:
         transition(session, order, Status.CANCELLED, reason="支付会话已过期")

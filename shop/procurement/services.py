@@ -6,7 +6,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import stripe
@@ -598,6 +598,8 @@ def record_transfer(
         payment_intent=None,
         amount_fen=amount_fen,
         source=f"对公转账 {reference.strip()}",
+        # The day the money arrived, at noon in Shanghai, dates the ledger entries.
+        paid_at=datetime.combine(paid_on, time(12), SHANGHAI).astimezone(UTC),
     )
     audit(
         session,

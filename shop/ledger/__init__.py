@@ -1,0 +1,1 @@
+"""The consumption-assistance ledger: recognition, daily totals, closed months, counter sales."""

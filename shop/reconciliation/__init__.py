@@ -1,0 +1,1 @@
+"""Reconciliation with Stripe: repair what missed webhooks left, record every disagreement."""
