@@ -121,8 +121,8 @@ def _print_accounts() -> None:
 @click.option("--emulator-port", default=12111, show_default=True)
 @with_appcontext
 def demo_serve(host: str, port: int, emulator_port: int) -> None:
-    """Migrate, load demo data, start the Stripe emulator and serve the shop."""
-    from shop.demo import load_demo_data
+    """Migrate, load demo data and sales, start the Stripe emulator and serve the shop."""
+    from shop.demo import load_demo_data, load_demo_sales
     from shop.extensions import db
     from shop.migrate import upgrade
 
@@ -132,6 +132,9 @@ def demo_serve(host: str, port: int, emulator_port: int) -> None:
     upgrade(app)
     load_demo_data(db.session)
     db.session.commit()
+    sales = load_demo_sales(db.session)
+    if sales:
+        click.echo(f"demo sales: {sales} paid orders spread over this year")
     db.session.remove()
     emulator_process = None
     if app.config["STRIPE_API_BASE"].startswith("http://127.0.0.1"):
@@ -155,19 +158,27 @@ def demo_serve(host: str, port: int, emulator_port: int) -> None:
 
 
 def _start_in_process_beat(app: Flask, every_seconds: int = 60) -> None:
-    """Without a broker there is no beat process: run the periodic jobs on a thread instead."""
+    """Without a broker there is no beat process: run the beat schedule on a thread instead."""
     if not app.config["CELERY"]["task_always_eager"]:
         return
 
     def loop() -> None:
-        from workers.tasks import expire_unpaid_orders
+        from datetime import datetime
 
+        from shop.background import BEAT_SCHEDULE
+        from shop.timezones import SHANGHAI
+
+        celery_app = app.extensions["celery"]
         while True:
             time.sleep(every_seconds)
-            try:
-                expire_unpaid_orders.delay()
-            except Exception:
-                app.logger.exception("periodic expiry failed; trying again next minute")
+            minute = datetime.now(SHANGHAI).minute
+            for name, entry in BEAT_SCHEDULE.items():
+                if minute not in entry["schedule"].minute:
+                    continue
+                try:
+                    celery_app.tasks[entry["task"]].delay()
+                except Exception:
+                    app.logger.exception("periodic job %s failed; it runs again on schedule", name)
 
     threading.Thread(target=loop, name="in-process-beat", daemon=True).start()
 

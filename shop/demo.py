@@ -245,3 +245,76 @@ def _load_accounts(session: DbSession) -> bool:
             create_user(session, email=email, password=DEMO_PASSWORD, name=name, role=role)
             added = True
     return added
+
+
+DEMO_SALES_ADDRESSES = [
+    ("广东省", "惠州市", "惠城区"),
+    ("广东省", "惠州市", "博罗县"),
+    ("广东省", "惠州市", "龙门县"),
+    ("广东省", "惠州市", "惠东县"),
+    ("广东省", "深圳市", "南山区"),
+]
+
+
+def load_demo_sales(session: DbSession, orders: int = 60, seed: int = 2026) -> int:
+    """Paid demo orders spread over this year so far, so the finance pages have numbers.
+
+    They go through the same services as real ones (placed, then paid with their ledger
+    entries); nothing happens when the ledger already has entries. Demo data only.
+    """
+    import random
+    from datetime import timedelta
+
+    from sqlalchemy import func
+
+    from shop.db import utcnow
+    from shop.errors import ShopError
+    from shop.ledger.models import LedgerEntry
+    from shop.orders.services import Address, RequestedLine, ShippingRule, place_order
+    from shop.payments.services import recognise_payment
+
+    if session.scalar(select(func.count(LedgerEntry.id))):
+        return 0
+    buyer = session.scalar(select(User).where(User.email == "buyer@example.com"))
+    if buyer is None:
+        return 0
+    skus = list(
+        session.scalars(select(Product.sku).where(Product.active.is_(True)).order_by(Product.sku))
+    )
+    rng = random.Random(seed)
+    now = utcnow()
+    start_of_year = now.replace(month=1, day=1, hour=2, minute=0, second=0, microsecond=0)
+    span = (now - start_of_year).total_seconds()
+    made = 0
+    for _ in range(orders):
+        province, city, district = rng.choice(DEMO_SALES_ADDRESSES)
+        address = Address("演示买家", "13800138000", province, city, district, "演示地址 1 号")
+        lines = [
+            RequestedLine(sku, rng.randint(1, 3)) for sku in rng.sample(skus, rng.randint(1, 3))
+        ]
+        try:
+            order = place_order(
+                session,
+                buyer,
+                lines,
+                address,
+                shipping=ShippingRule(fee_fen=0, free_above_fen=0, cold_chain_surcharge_fen=0),
+                payment_minutes=30,
+                max_quantity=100,
+            )
+        except ShopError:
+            session.rollback()
+            continue
+        paid_at = start_of_year + timedelta(seconds=rng.uniform(0, span))
+        order.created_at = paid_at - timedelta(minutes=5)
+        recognise_payment(
+            session,
+            order,
+            payment_intent=None,
+            amount_fen=order.total_fen,
+            source="演示数据",
+            paid_at=paid_at,
+        )
+        session.commit()
+        made += 1
+    return made
