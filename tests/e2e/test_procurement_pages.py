@@ -190,7 +190,8 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
 
     # Finance records the bank transfer; a wrong amount is refused first.
     finance = sign_in("finance@example.com")
-    nav(finance).get_by_role("link", name="财务").click()
+    nav(finance).get_by_role("link", name="财务", exact=True).click()
+    finance.get_by_role("link", name="逾期发票").click()
     expect(finance.get_by_test_id("no-overdue")).to_be_visible()
     finance.get_by_role("link", name="登记对公转账").click()
     finance.locator(f".awaiting-table tr[data-order={number}]").get_by_role("link").click()
