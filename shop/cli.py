@@ -245,9 +245,13 @@ def expire_orders() -> None:
 @with_appcontext
 def reconcile() -> None:
     """Reconcile with Stripe now (the beat does it every 15 minutes)."""
+    from shop.errors import ShopError
     from workers.tasks import reconcile_payments
 
-    report = reconcile_payments.apply().get()
+    try:
+        report = reconcile_payments.apply().get()
+    except ShopError as exc:
+        raise click.ClickException(exc.message) from exc
     click.echo(" ".join(f"{key}={value}" for key, value in report.items()))
 
 
@@ -353,10 +357,11 @@ def import_offline(path: str, email: str) -> None:
         )
     except ShopError as exc:
         for detail in exc.details:
-            click.echo(f"  {detail}", err=True)
+            click.echo(f"  {detail.get('message') or detail}", err=True)
         raise click.ClickException(exc.message) from exc
     if created:
-        click.echo(f"imported {batch.rows} rows, {batch.total_fen / 100:.2f} 元")
+        yuan, fen = divmod(batch.total_fen, 100)
+        click.echo(f"imported {batch.rows} rows, {yuan}.{fen:02d} 元")
     else:
         click.echo(f"{file.name} was imported before (import {batch.id}); nothing written")
 

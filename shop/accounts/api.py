@@ -1,4 +1,4 @@
-"""Accounts JSON API: bearer tokens for scripts."""
+"""Accounts JSON API: bearer tokens for scripts, who I am, the unit I work for."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from flask import current_app, request
 from pydantic import BaseModel, Field
 
 from shop.accounts.models import User
-from shop.accounts.services import authenticate, issue_token
+from shop.accounts.services import authenticate, employer_choices, issue_token, set_employer
 from shop.api import api_blueprint, endpoint
 from shop.extensions import db
+from shop.procurement.models import Organisation
 
 bp = api_blueprint("auth_api", __name__)
 
@@ -27,6 +28,39 @@ class MeOut(BaseModel):
     email: str
     name: str
     role: str
+    employer_organisation_id: int | None = Field(
+        description="the unit I work for: my own purchases also show in its progress"
+    )
+    employer_organisation: str | None
+
+    @classmethod
+    def of(cls, user: User) -> MeOut:
+        employer = (
+            db.session.get(Organisation, user.employer_organisation_id)
+            if user.employer_organisation_id
+            else None
+        )
+        return cls(
+            email=user.email,
+            name=user.name,
+            role=user.role,
+            employer_organisation_id=employer.id if employer else None,
+            employer_organisation=employer.name if employer else None,
+        )
+
+
+class EmployerIn(BaseModel):
+    organisation_id: int | None = Field(description="a buying unit's id; null: none")
+
+
+class OrganisationOut(BaseModel):
+    id: int
+    name: str
+    district: str
+
+
+class OrganisationListOut(BaseModel):
+    items: list[OrganisationOut]
 
 
 @endpoint(
@@ -51,4 +85,34 @@ def create_token(body: TokenRequest) -> TokenOut:
 
 @endpoint(bp, "/me", "GET", summary="Who the token or session belongs to", response=MeOut)
 def me(user: User) -> MeOut:
-    return MeOut(email=user.email, name=user.name, role=user.role)
+    return MeOut.of(user)
+
+
+@endpoint(
+    bp,
+    "/account/employer",
+    "PUT",
+    summary="Name the unit I work for (or none)",
+    body=EmployerIn,
+    response=MeOut,
+)
+def put_employer(user: User, body: EmployerIn) -> MeOut:
+    set_employer(db.session, user, body.organisation_id)
+    db.session.commit()
+    return MeOut.of(user)
+
+
+@endpoint(
+    bp,
+    "/account/employers",
+    "GET",
+    summary="The units a person may name as their employer",
+    response=OrganisationListOut,
+)
+def list_employers(user: User) -> OrganisationListOut:
+    return OrganisationListOut(
+        items=[
+            OrganisationOut(id=o.id, name=o.name, district=o.district.name)
+            for o in employer_choices(db.session)
+        ]
+    )

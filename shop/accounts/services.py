@@ -18,6 +18,7 @@ from sqlalchemy.orm import joinedload
 from shop.accounts.models import ApiToken, AuditEntry, Role, User
 from shop.db import DbSession, utcnow
 from shop.errors import Conflict, InvalidInput, ShopError, Unauthorized
+from shop.procurement.models import Organisation
 
 _hasher = PasswordHasher()
 # Verifying against this keeps unknown e-mails as slow as wrong passwords.
@@ -107,3 +108,30 @@ def audit(session: DbSession, actor: User | None, action: str, target: str, **de
             actor_id=actor.id if actor else None, action=action, target=target, details=details
         )
     )
+
+
+def employer_choices(session: DbSession) -> list[Organisation]:
+    """The units a person may name as the one they work for."""
+    return list(
+        session.scalars(
+            select(Organisation)
+            .options(joinedload(Organisation.district))
+            .order_by(Organisation.name)
+        )
+    )
+
+
+def set_employer(session: DbSession, user: User, organisation_id: int | None) -> None:
+    """Name the unit a person works for, or none.
+
+    Their own purchases show in its progress from their next payment on; ledger entries
+    already written keep the attribution they were written with.
+    """
+    if organisation_id is not None and session.get(Organisation, organisation_id) is None:
+        raise InvalidInput(
+            "没有这个采购单位。",
+            details=[
+                {"field": "organisation_id", "message": f"没有编号为 {organisation_id} 的单位。"}
+            ],
+        )
+    user.employer_organisation_id = organisation_id

@@ -1,4 +1,4 @@
-"""Signing in and out with e-mail and password (session cookie)."""
+"""Signing in and out with e-mail and password (session cookie); my account page."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_login import login_user, logout_user
+from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
-from shop.accounts.services import TooManyAttempts, authenticate
-from shop.errors import Unauthorized
-from shop.extensions import db
+from shop.accounts.models import User
+from shop.accounts.services import (
+    TooManyAttempts,
+    authenticate,
+    employer_choices,
+    set_employer,
+)
+from shop.errors import InvalidInput, Unauthorized
+from shop.extensions import db, login_manager
 from shop.views import html_blueprint
 
 bp = html_blueprint("accounts", __name__)
@@ -63,3 +69,30 @@ def logout() -> Response:
     logout_user()
     flash(_("你已退出登录。"), "success")
     return redirect(url_for("catalog.index"))
+
+
+@bp.get("/account")
+def account() -> Any:
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    return render_template("accounts/account.html", units=employer_choices(db.session))
+
+
+@bp.post("/account/employer")
+def change_employer() -> Any:
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    user: User = current_user._get_current_object()
+    raw = request.form.get("organisation_id", "")
+    try:
+        set_employer(db.session, user, int(raw) if raw.isdigit() else None)
+    except InvalidInput:
+        db.session.rollback()
+        return render_template(
+            "accounts/account.html",
+            units=employer_choices(db.session),
+            error=_("没有这个采购单位，请从列表中选择。"),
+        ), 422
+    db.session.commit()
+    flash(_("工作单位已保存。"), "success")
+    return redirect(url_for("accounts.account"), code=303)

@@ -112,6 +112,9 @@ class SummaryOut(BaseModel):
     year: int
     target_fen: int
     spent_fen: int
+    personal_fen: int = Field(
+        description="employees' own purchases, funded personally; not part of spent_fen"
+    )
     remaining_fen: int
     percent: float | None
     by_county: list[Amount]

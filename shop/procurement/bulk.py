@@ -165,6 +165,17 @@ def read_bulk_file(filename: str, data: bytes) -> list[BulkRow]:
     The format is told from the content (a zip is .xlsx, anything else must be CSV text);
     `filename` only makes messages clearer.
     """
+    records = read_records(filename, data)
+    with closing(records):
+        return _bulk_rows(filename, records)
+
+
+def read_records(filename: str, data: bytes) -> Records:
+    """The rows of an uploaded CSV or .xlsx file, numbered as Excel numbers them.
+
+    An empty or oversized file is refused at once, one in neither format as its rows are read
+    (BulkFileError either way). Counter-sales files are read through this too.
+    """
     if not data:
         raise _file_error(f"文件 {filename} 是空的。")
     if len(data) > MAX_FILE_BYTES:
@@ -172,13 +183,11 @@ def read_bulk_file(filename: str, data: bytes) -> list[BulkRow]:
             f"文件 {filename} 有 {len(data) / 1024 / 1024:.1f} MB，"
             f"超过了 {MAX_FILE_BYTES // 1024 // 1024} MB 的上限，请分成几个文件上传。"
         )
-    records = (
+    return (
         _xlsx_records(filename, data)
         if data.startswith(ZIP_MAGIC)
         else _csv_records(filename, data)
     )
-    with closing(records):
-        return _bulk_rows(filename, records)
 
 
 def _bulk_rows(filename: str, records: Iterator[Record]) -> list[BulkRow]:

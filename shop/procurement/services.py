@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import func, select, true
 from sqlalchemy.orm import selectinload
 
 from shop.accounts.models import User
@@ -19,6 +19,8 @@ from shop.catalog.credit_code import is_valid_credit_code
 from shop.catalog.models import District
 from shop.db import DbSession, utcnow
 from shop.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceUnavailable
+from shop.ledger.models import LedgerEntry
+from shop.ledger.sql import month_of
 from shop.orders.models import (
     Channel,
     Funding,
@@ -653,34 +655,38 @@ def cancel_overdue(
 
 # --- progress against the reserved share -------------------------------------------------------
 
-SPENT = (Status.PAID, Status.SHIPPED, Status.COMPLETED, Status.PARTIALLY_REFUNDED, Status.REFUNDED)
-
 
 def summary(session: DbSession, organisation: Organisation, year: int) -> dict[str, Any]:
-    """Goods paid this (Shanghai) year, net of refunds, against the unit's reserved share."""
-    start = datetime(year, 1, 1, tzinfo=SHANGHAI).astimezone(UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=SHANGHAI).astimezone(UTC)
-    orders = session.scalars(
-        select(Order)
+    """The unit's counted ledger entries of a (Shanghai) year, against its reserved share.
+
+    `spent_fen` is what the unit bought itself (channel unit), net of every refund, by
+    booking day; `personal_fen` is what people who name it as their employer bought for
+    themselves, shown beside it and not part of the unit's progress.
+    """
+    entries = LedgerEntry.__table__
+    month = month_of(entries.c.day).label("month")
+    rows = session.execute(
+        select(entries.c.channel, entries.c.county, month, func.sum(entries.c.amount_fen))
         .where(
-            Order.organisation_id == organisation.id,
-            Order.paid_at >= start,
-            Order.paid_at < end,
-            Order.status.in_(SPENT),
+            entries.c.organisation_id == organisation.id,
+            entries.c.counted == true(),
+            entries.c.day.between(date(year, 1, 1), date(year, 12, 31)),
         )
-        .options(selectinload(Order.lines).joinedload(OrderLine.county))
-    ).all()
+        .group_by(entries.c.channel, entries.c.county, month)
+    )
     by_county: dict[str, int] = defaultdict(int)
     by_month: dict[str, int] = defaultdict(int)
-    for order in orders:
-        assert order.paid_at is not None
-        month = f"{order.paid_at.astimezone(SHANGHAI):%Y-%m}"
-        for line in order.lines:
-            net = line.unit_price_fen * (line.quantity - line.refunded_quantity)
-            by_county[line.county.name] += net
-            by_month[month] += net
+    personal = 0
+    for channel, county, in_month, amount in rows:
+        if channel == Channel.UNIT:
+            by_county[county] += int(amount)
+            by_month[in_month] += int(amount)
+        else:
+            personal += int(amount)
     spent = sum(by_county.values())
     target = organisation.reserved_target_fen
+    start = datetime(year, 1, 1, tzinfo=SHANGHAI).astimezone(UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=SHANGHAI).astimezone(UTC)
     counts: dict[str, int] = defaultdict(int)
     for status in session.scalars(
         select(Order.status).where(
@@ -695,10 +701,11 @@ def summary(session: DbSession, organisation: Organisation, year: int) -> dict[s
         "year": year,
         "target_fen": target,
         "spent_fen": spent,
+        "personal_fen": personal,
         "remaining_fen": max(target - spent, 0),
         "percent": round(spent * 100 / target, 2) if target else None,
-        "by_county": [{"county": k, "amount_fen": v} for k, v in sorted(by_county.items())],
-        "by_month": [{"month": k, "amount_fen": v} for k, v in sorted(by_month.items())],
+        "by_county": [{"county": k, "amount_fen": v} for k, v in sorted(by_county.items()) if v],
+        "by_month": [{"month": k, "amount_fen": v} for k, v in sorted(by_month.items()) if v],
         "orders_by_status": dict(sorted(counts.items())),
     }
 
