@@ -367,11 +367,18 @@ def send_refund(client: stripe.StripeClient, refund: Refund) -> dict[str, Any]:
     }
 
 
-def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping[str, Any]) -> bool:
+def apply_stripe_refund(
+    session: DbSession,
+    order: Order,
+    stripe_refund: Mapping[str, Any],
+    *,
+    refunded_at: datetime | None = None,
+) -> bool:
     """Reflect a refund Stripe reports in the order, once, whoever asked for it.
 
     Matched by our refund id in its metadata, else by Stripe's id; a refund made directly at
-    Stripe becomes an `external` refund of the order.
+    Stripe becomes an `external` refund of the order. `refunded_at` is when Stripe refunded it
+    (reconciliation finds refunds late); the ledger dates the entries by it.
     """
     refund_id = (stripe_refund.get("metadata") or {}).get("refund_id")
     refund = None
@@ -388,7 +395,10 @@ def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping
         if status != "succeeded":
             return False
         refund = Refund(
-            kind="external", amount_fen=stripe_refund["amount"], reason="在 Stripe 直接退款"
+            kind="external",
+            amount_fen=stripe_refund["amount"],
+            reason="在 Stripe 直接退款",
+            status="pending",
         )
         order.refunds.append(refund)
     refund.stripe_refund_id = stripe_refund["id"]
@@ -409,7 +419,7 @@ def apply_stripe_refund(session: DbSession, order: Order, stripe_refund: Mapping
             source="退款事件先于支付事件到达",
         )
     refund.status = "succeeded"
-    refund.succeeded_at = utcnow()
+    refund.succeeded_at = min(refunded_at, utcnow()) if refunded_at else utcnow()
     for refund_line in refund.lines:
         refund_line.order_line.refunded_quantity += refund_line.quantity
     order.refunded_fen += refund.amount_fen
@@ -547,7 +557,9 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
         return recognise_payment(
             session,
             order,
-            payment_intent=None,
+            # A charged invoice's PaymentIntent is what a later refund goes through; one paid
+            # out of band (a bank transfer) has none that holds money.
+            payment_intent=None if obj.get("paid_out_of_band") else _id(obj.get("payment_intent")),
             amount_fen=obj["amount_paid"],
             source=kind,
             paid_at=happened,

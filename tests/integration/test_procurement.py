@@ -15,6 +15,7 @@ from shop.catalog.models import Product
 from shop.config import EMULATOR_SECRET_KEY
 from shop.db import utcnow
 from shop.extensions import db
+from shop.ledger.models import LedgerEntry
 from shop.orders.models import Order
 from shop.procurement.models import BankTransfer, Organisation
 from shop.procurement.services import add_member, create_organisation
@@ -518,3 +519,34 @@ def test_submitting_twice_is_an_illegal_transition(live_shop, people) -> None:
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "invalid_transition"
     assert stock(live_shop, "PA-TEA-001") == 600 - 80  # reserved once
+
+
+def test_an_invoice_paid_at_stripe_can_be_refunded_by_amount_and_the_ledger_follows(
+    live_shop, people
+) -> None:
+    order = submitted_and_approved(live_shop, people)
+    with live_shop.app.app_context():
+        invoice_id = db.session.scalar(select(Order.stripe_invoice_id))
+    live_shop.control(f"invoices/{invoice_id}/pay")
+    live_shop.wait_for_webhooks()
+    refunded = api(
+        live_shop,
+        "POST",
+        f"/orders/{order['number']}/refunds",
+        people["admin"],
+        json={"amount_fen": 12345},
+    )
+    assert refunded.status_code == 201, refunded.text
+    live_shop.wait_for_webhooks()
+    with live_shop.app.app_context():
+        entries = db.session.execute(
+            select(LedgerEntry.source, func.sum(LedgerEntry.amount_fen)).group_by(
+                LedgerEntry.source
+            )
+        ).all()
+    assert {source: int(total) for source, total in entries} == {
+        "payment": order["goods_fen"],
+        "refund": -12345,
+    }
+    summary = api(live_shop, "GET", "/procurement/summary", people["approver"]).json()
+    assert summary["spent_fen"] == order["goods_fen"] - 12345
