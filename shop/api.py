@@ -47,6 +47,7 @@ class Endpoint:
     roles: tuple[Role, ...] | None
     errors: tuple[int, ...] = field(default_factory=tuple)
     form: type[BaseModel] | None = None
+    files: tuple[str, ...] = ()
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -91,11 +92,13 @@ def endpoint(
     roles: tuple[Role, ...] | None = (),
     errors: tuple[int, ...] = (),
     form: type[BaseModel] | None = None,
+    files: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a JSON endpoint: parse body and query with pydantic, check roles, serialise.
 
     `roles=None` is public, `()` any signed-in person, otherwise one of the roles given.
     `form` describes a multipart upload: its fields are parsed, and its `file` part handed over.
+    `files` names the media types of a view that answers with a file instead of JSON.
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +115,7 @@ def endpoint(
                 roles,
                 errors,
                 form,
+                files,
             )
         )
 
@@ -244,6 +248,9 @@ def openapi_document() -> dict[str, Any]:
         ok: dict[str, Any] = {"description": "OK"}
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": _schema(ep.response, components)}}
+        if ep.files:
+            binary = {"schema": {"type": "string", "format": "binary"}}
+            ok["content"] = {media_type: binary for media_type in ep.files}
         operation["responses"][str(ep.status)] = ok
         statuses = set(ep.errors)
         if ep.roles is not None:
