@@ -193,6 +193,8 @@ def _write_payment_entries(session: DbSession, orders_where: ColumnElement[bool]
         _insert(session, LedgerEntry.__table__)
         .from_select(list(_ENTRY_COLUMNS), rows)
         .on_conflict_do_nothing(index_elements=["source", "source_id", "line_no"])
+        # SQLAlchemy keeps an INSERT's row count only when asked (PostgreSQL reports -1 else)
+        .execution_options(preserve_rowcount=True)
     )
     result = session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
