@@ -63,6 +63,8 @@ GROUP_HEADERS = {
     "channel": "渠道",
     "funding": "资金来源",
     "category": "品类",
+    "supplier": "供应商",
+    "organisation": "单位",
     "day": "日",
     "month": "月",
     "year": "年",

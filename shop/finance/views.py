@@ -428,6 +428,8 @@ TOTAL_GROUPS = (
     "channel",
     "funding",
     "category",
+    "supplier",
+    "organisation",
     "month",
 )
 

@@ -283,6 +283,21 @@ def test_totals_group_paid_orders_by_county_and_month(live_shop: LiveShop, books
     }
 
 
+def test_totals_by_organisation_and_supplier_come_from_the_ledger_and_add_up(
+    live_shop: LiveShop, books: Books
+) -> None:
+    body = totals(live_shop, books, **books.range(), group_by="organisation,supplier")
+    assert body["total_fen"] == books.total_fen
+    by_unit: dict[str, int] = {}
+    for row in body["rows"]:
+        assert row["supplier"], row
+        by_unit[row["organisation"]] = by_unit.get(row["organisation"], 0) + row["amount_fen"]
+    assert by_unit["惠州市惠城区机关事务服务中心"] == sum(
+        line["amount_fen"] for line in books.unit["lines"]
+    )
+    assert by_unit[""] == books.total_fen - by_unit["惠州市惠城区机关事务服务中心"]
+
+
 def test_totals_default_to_this_year_up_to_today(live_shop: LiveShop, books: Books) -> None:
     body = totals(live_shop, books)
     today = shanghai_today(utcnow())
