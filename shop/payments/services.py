@@ -234,23 +234,27 @@ def recognise_payment(
     amount_fen: int,
     source: str,
     paid_at: datetime | None = None,
+    currency: str = "cny",
 ) -> bool:
     """Mark an order paid and write its ledger entries, in one transaction. Idempotent.
 
     `paid_at` is when the money moved (Stripe's event time, the bank's transfer date); the
-    ledger dates the entries by it. False when nothing changed.
+    ledger dates the entries by it. A payment of another amount or in another currency is left
+    for reconciliation to report. False when nothing changed.
     """
     if order.status != Status.AWAITING_PAYMENT:
         if order.status == Status.CANCELLED:
             log.error("payment %s arrived for cancelled order %s", payment_intent, order.number)
         return False
-    if amount_fen != order.total_fen:
+    if amount_fen != order.total_fen or currency.lower() != order.currency:
         log.error(
-            "payment %s of %s fen does not match order %s total %s fen; left for reconciliation",
+            "payment %s of %s %s does not match order %s total %s %s; left for reconciliation",
             payment_intent,
             amount_fen,
+            currency,
             order.number,
             order.total_fen,
+            order.currency,
         )
         return False
     if payment_intent:
@@ -543,6 +547,7 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             amount_fen=obj["amount_total"],
             source=kind,
             paid_at=happened,
+            currency=obj.get("currency") or "cny",
         )
     if kind == "payment_intent.succeeded":
         return recognise_payment(
@@ -552,6 +557,7 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             amount_fen=obj["amount_received"],
             source=kind,
             paid_at=happened,
+            currency=obj.get("currency") or "cny",
         )
     if kind == "invoice.paid":
         return recognise_payment(
@@ -563,6 +569,7 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             amount_fen=obj["amount_paid"],
             source=kind,
             paid_at=happened,
+            currency=obj.get("currency") or "cny",
         )
     if kind == "checkout.session.expired" and order.status == Status.AWAITING_PAYMENT:
         transition(session, order, Status.CANCELLED, reason="支付会话已过期")

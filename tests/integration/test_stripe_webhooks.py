@@ -11,6 +11,7 @@ import requests
 from sqlalchemy import func, select
 
 from shop.extensions import db
+from shop.ledger.models import LedgerEntry
 from shop.orders.models import Order, Refund, StatusChange
 from shop.payments.models import StripeEvent
 from tests.conftest import HUIZHOU_ADDRESS, LiveShop, signed
@@ -187,3 +188,29 @@ def test_a_refund_event_before_the_payment_event_leaves_a_consistent_order(live_
         assert [(r.kind, r.amount_fen, r.status) for r in refunds] == [
             ("external", 5000, "succeeded")
         ]
+
+
+def test_a_payment_in_another_currency_does_not_mark_the_order_paid(live_shop) -> None:
+    buyer = live_shop.token("buyer@example.com")
+    order = place(live_shop, buyer)
+    with live_shop.app.app_context():
+        pi = db.session.scalar(select(Order.stripe_payment_intent_id))
+    event = {
+        "id": "evt_usd_1",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": pi,
+                "object": "payment_intent",
+                "amount_received": order["total_fen"],
+                "currency": "usd",
+                "metadata": {"order_number": order["number"]},
+            }
+        },
+    }
+    assert post_event(live_shop, event).json()["changed"] is False
+    assert get_order(live_shop, buyer, order["number"])["status"] == "awaiting_payment"
+    with live_shop.app.app_context():
+        assert db.session.scalar(select(func.count(LedgerEntry.id))) == 0
