@@ -56,6 +56,8 @@ class TotalsRow(BaseModel):
 class TotalsOut(BaseModel):
     rows: list[TotalsRow]
     total_fen: int
+    # Each order once; a row counts an order in every row it has a line in.
+    orders: int
     counted_only: bool = True
     start: date = Field(serialization_alias="from")
     end: date = Field(serialization_alias="to")
@@ -151,6 +153,7 @@ def finance_totals(user: User, query: TotalsQuery) -> TotalsOut:
     return TotalsOut(
         rows=[TotalsRow(**row) for row in result.rows],
         total_fen=result.total_fen,
+        orders=ledger.count_orders(db.session, start=start, end=end),
         start=start,
         end=end,
         group_by=group_by,

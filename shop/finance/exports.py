@@ -40,7 +40,7 @@ from shop.db import DbSession, utcnow
 from shop.errors import InvalidInput, NotFound, ServiceUnavailable, ShopError
 from shop.finance.models import ExportJob, ExportStatus
 from shop.ledger.models import LedgerEntry
-from shop.ledger.services import Totals, parse_group_by, totals
+from shop.ledger.services import Totals, count_orders, parse_group_by, totals
 from shop.procurement.models import Organisation
 from shop.timezones import SHANGHAI, shanghai_today
 
@@ -168,6 +168,7 @@ def write_report(
         group_by = parse_group_by(group_by)
         result = totals(session, start=start, end=end, group_by=group_by)
         table = _totals_table(result, group_by, start, end)
+        table.total[-2] = count_orders(session, start=start, end=end)
         (_write_csv if fmt == "csv" else _write_xlsx)(table, path)
         return len(table.rows)
     if fmt == "csv" and session.get_bind().dialect.name == "postgresql":
@@ -200,9 +201,9 @@ def _totals_table(result: Totals, group_by: Sequence[str], start: date, end: dat
         period = f"{start.isoformat()} 至 {end.isoformat()}"
         rows = [[period, row["amount_fen"], row["orders"], row["lines"]] for row in result.rows]
     width = len(header)
-    orders = sum(row[-2] for row in rows)
     lines = sum(row[-1] for row in rows)
-    total = [TOTAL_LABEL, *([""] * (width - 1)), result.total_fen, orders, lines]
+    # An order with lines in two rows is in both rows; the caller puts the distinct count here.
+    total = [TOTAL_LABEL, *([""] * (width - 1)), result.total_fen, None, lines]
     return Table(
         header=[*header, AMOUNT_HEADER, "订单数", "明细行数"],
         kinds=["text"] * width + ["amount", "int", "int"],

@@ -459,9 +459,11 @@ def totals() -> tuple[str, int]:
     start = _parse_day(form["from"], errors, "from")
     end = _parse_day(form["to"], errors, "to")
     result = None
+    orders = 0
     if start and end and not errors:
         try:
             result = ledger.totals(db.session, start=start, end=end, group_by=group_by)
+            orders = ledger.count_orders(db.session, start=start, end=end)
         except InvalidInput as exc:
             errors["to"] = exc.message
     days: dict[str, Any] = {"from": form["from"], "to": form["to"]}
@@ -472,6 +474,7 @@ def totals() -> tuple[str, int]:
         groups=TOTAL_GROUPS,
         errors=errors,
         result=result,
+        orders=orders,
         downloads={
             **{
                 f"totals-{fmt}": url_for(

@@ -688,6 +688,23 @@ def _grouped(
     return Totals(rows=rows, total_fen=sum(row["amount_fen"] for row in rows))
 
 
+def count_orders(session: DbSession, *, start: date, end: date) -> int:
+    """Orders (and counter sales) with a counted line booked from `start` to `end`, each once.
+
+    A row of a grouped total counts an order in every row it has a line in, so the rows of a
+    total do not add up to this; totals' 合计 rows show this instead.
+    """
+    table = LedgerEntry.__table__
+    counted_in_range = and_(table.c.counted == true(), table.c.day.between(start, end))
+    payments = select(func.count(func.distinct(table.c.source_id))).where(
+        counted_in_range, table.c.source == Source.PAYMENT.value
+    )
+    sales = select(func.count(table.c.id)).where(
+        counted_in_range, table.c.source == Source.OFFLINE.value
+    )
+    return int(session.scalar(payments) or 0) + int(session.scalar(sales) or 0)
+
+
 # --- closing a month --------------------------------------------------------------------------
 
 

@@ -298,6 +298,17 @@ def test_totals_by_organisation_and_supplier_come_from_the_ledger_and_add_up(
     assert by_unit[""] == books.total_fen - by_unit["惠州市惠城区机关事务服务中心"]
 
 
+def test_the_total_counts_each_order_once_though_its_lines_sit_in_several_rows(
+    live_shop: LiveShop, books: Books
+) -> None:
+    body = totals(live_shop, books, **books.range(), group_by="county")
+    assert body["orders"] == 2  # the online order and the unit order
+    assert sum(row["orders"] for row in body["rows"]) > 2  # each spans several counties
+    exported = download(live_shop, books, "/finance/exports/totals", **books.range(), format="csv")
+    total_row = csv_rows(exported.content)[-1]
+    assert total_row[0] == "合计" and total_row[-2] == "2"
+
+
 def test_totals_default_to_this_year_up_to_today(live_shop: LiveShop, books: Books) -> None:
     body = totals(live_shop, books)
     today = shanghai_today(utcnow())
