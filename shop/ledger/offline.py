@@ -658,6 +658,10 @@ def import_upload(
     session.rollback()
     if earlier is not None:
         return earlier, False
+    conf = import_task.app.conf
+    if not conf.task_always_eager and not conf.result_backend:
+        # Without a result backend nobody could wait for the task: import in this request.
+        return import_offline_sales(session, data, filename, session.get(User, actor_id))
     path = store_upload(upload_dir, data)
     try:
         result = import_task.delay(str(path), filename, actor_id).get(timeout=IMPORT_WAIT_SECONDS)

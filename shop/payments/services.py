@@ -395,6 +395,11 @@ def apply_stripe_refund(
             select(Refund).where(Refund.stripe_refund_id == stripe_refund["id"])
         )
     status = stripe_refund.get("status")
+    if order.status == Status.CANCELLED:
+        # Money came back for an order the shop cancelled: nothing to change here, and a 409
+        # would only make Stripe retry for days. Reconciliation reports the payment.
+        log.error("refund %s arrived for cancelled order %s", stripe_refund["id"], order.number)
+        return False
     if refund is None:
         if status != "succeeded":
             return False
@@ -421,6 +426,7 @@ def apply_stripe_refund(
             payment_intent=order.stripe_payment_intent_id,
             amount_fen=order.total_fen,
             source="退款事件先于支付事件到达",
+            paid_at=refunded_at,
         )
     refund.status = "succeeded"
     refund.succeeded_at = min(refunded_at, utcnow()) if refunded_at else utcnow()
@@ -575,10 +581,15 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
         transition(session, order, Status.CANCELLED, reason="支付会话已过期")
         return True
     if kind in ("refund.created", "refund.updated", "charge.refund.updated"):
-        return apply_stripe_refund(session, order, obj)
+        return apply_stripe_refund(session, order, obj, refunded_at=_created(obj) or happened)
     if kind == "charge.refunded":
         refunds = (obj.get("refunds") or {}).get("data") or []
-        return any([apply_stripe_refund(session, order, r) for r in refunds])
+        return any(
+            [
+                apply_stripe_refund(session, order, r, refunded_at=_created(r) or happened)
+                for r in refunds
+            ]
+        )
     if kind == "payment_intent.payment_failed":
         log.info(
             "payment failed for order %s: %s",
@@ -586,6 +597,11 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             (obj.get("last_payment_error") or {}).get("message"),
         )
     return False
+
+
+def _created(obj: Mapping[str, Any]) -> datetime | None:
+    created = obj.get("created")
+    return datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None
 
 
 def _id(value: Any) -> str | None:

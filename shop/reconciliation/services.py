@@ -307,6 +307,8 @@ def _record(
             note="",
         )
         .on_conflict_do_nothing(index_elements=["kind", "stripe_object"])
+        # PostgreSQL reports -1 for the row count unless SQLAlchemy is asked to keep it.
+        .execution_options(preserve_rowcount=True)
     )
     return int(getattr(session.execute(statement), "rowcount", 0) or 0) == 1
 
@@ -698,11 +700,13 @@ def _settle_refunds(
         int(r["amount"]) for r in stripe_refunds.values() if r.get("status") == "succeeded"
     )
     if stripe_total != order.refunded_fen:
+        # Keyed by the two totals too: a later, different disagreement on the same payment is
+        # a new discrepancy, not one already seen.
         anchor = order.stripe_payment_intent_id or intents[0]
         report.discrepancies_opened += _record(
             session,
             DiscrepancyKind.REFUND_DIFFERS,
-            anchor,
+            f"{anchor} {stripe_total}/{order.refunded_fen}",
             order=order,
             shop_fen=order.refunded_fen,
             stripe_fen=stripe_total,
@@ -779,10 +783,17 @@ def _settle_refund(session: DbSession, order: Order, refund: JSON, report: Repor
 def _settle_order(
     session: DbSession, reader: StripeReader, number: str, work: OrderWork, report: Report
 ) -> None:
-    """One order, in its own transaction under its row lock (the lock webhooks take)."""
+    """One order under its row lock (the lock webhooks take): payments, then refunds.
+
+    A repaired payment commits before Stripe is asked about refunds, so the ledger lock its
+    entries took is never held across a Stripe call (a rollup waiting for it would hold back
+    every webhook behind it).
+    """
     order = get_order(session, number, lock=True)
     for payment in work.payments.values():
         _settle_payment(session, reader, order, payment, report)
+    session.commit()
+    order = get_order(session, number, lock=True)
     if work.refunds or work.check_refunds or order.refunds:
         _settle_refunds(session, reader, order, work, report)
     session.commit()

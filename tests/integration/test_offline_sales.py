@@ -25,7 +25,7 @@ from shop.ledger.models import LedgerEntry, NotCounted, OfflineImport, OfflineSa
 from shop.ledger.offline import import_offline_sales
 from shop.ledger.services import close_month, month_unchanged, totals
 from shop.timezones import shanghai_today
-from tests.conftest import bearer
+from tests.conftest import bearer, make_app
 
 HEADER = "日期,SKU,产地县,品类,金额（元）,数量,柜台,区县,认定产品\n"
 SAMPLE_DIR = Path(__file__).parents[2] / "shop" / "ledger" / "sample"
@@ -434,3 +434,25 @@ def test_the_command_line_imports_a_file_once_and_refuses_a_bad_one(
     with app.app_context():
         assert count(OfflineImport) == 1
         assert db.session.scalar(select(func.sum(LedgerEntry.amount_fen))) == 12800
+
+
+def test_with_a_broker_but_no_result_backend_the_upload_is_imported_in_the_request(
+    database_url: str, emulator: str, app: Flask
+) -> None:
+    """Nobody could wait for the task's answer, so the request imports the file itself."""
+    celery = {
+        **app.config["CELERY"],
+        "broker_url": "redis://127.0.0.1:6379/3",
+        "result_backend": None,
+        "task_always_eager": False,
+    }
+    no_results = make_app(database_url, emulator, CELERY=celery)
+    client = no_results.test_client()
+    finance = bearer(client, "finance@example.com")
+    answer = upload(client, finance, counter_file(f"{today()},PA-TEA-001,,,128,1,甲,惠城区,"))
+    assert answer.status_code == 201, answer.get_json()
+    assert answer.get_json()["rows"] == 1
+    with no_results.app_context():
+        assert count(OfflineSale) == 1
+        db.session.remove()
+        db.engine.dispose()

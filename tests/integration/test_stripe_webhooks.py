@@ -214,3 +214,36 @@ def test_a_payment_in_another_currency_does_not_mark_the_order_paid(live_shop) -
     assert get_order(live_shop, buyer, order["number"])["status"] == "awaiting_payment"
     with live_shop.app.app_context():
         assert db.session.scalar(select(func.count(LedgerEntry.id))) == 0
+
+
+def test_a_refund_event_for_a_cancelled_order_is_acknowledged_and_changes_nothing(
+    live_shop,
+) -> None:
+    buyer = live_shop.token("buyer@example.com")
+    order = place(live_shop, buyer)
+    cancelled = requests.post(
+        f"{live_shop.url}/api/v1/orders/{order['number']}/cancel", headers=buyer, timeout=10
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    event = {
+        "id": "evt_refund_after_cancel",
+        "object": "event",
+        "type": "refund.created",
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": "re_after_cancel",
+                "object": "refund",
+                "amount": order["total_fen"],
+                "status": "succeeded",
+                "created": int(time.time()),
+                "metadata": {"order_number": order["number"]},
+            }
+        },
+    }
+    answer = post_event(live_shop, event)
+    assert answer.status_code == 200 and answer.json()["changed"] is False
+    assert get_order(live_shop, buyer, order["number"])["status"] == "cancelled"
+    with live_shop.app.app_context():
+        assert db.session.scalar(select(func.count(Refund.id))) == 0
+        assert db.session.scalar(select(func.count(LedgerEntry.id))) == 0
