@@ -17,6 +17,7 @@ from shop.db import utcnow
 from shop.extensions import db
 from shop.finance.exports import run_export
 from shop.ledger import services as ledger
+from shop.ledger.models import ClosedMonth
 from shop.ledger.offline import import_offline_sales as import_sales
 from shop.payments.gateway import stripe_client
 from shop.payments.services import expire_unpaid_orders as expire
@@ -51,10 +52,13 @@ def reconcile_payments() -> dict[str, int]:
 
 @shared_task(name="shop.close_month", acks_late=True)
 def close_month(month: str, user_id: int) -> dict[str, Any]:
+    """Close a month for a finance user; run again (a redelivery), it reports the closed month."""
     user = db.session.get(User, user_id)
     if user is None:
         raise ValueError(f"no user {user_id}")
-    closed = ledger.close_month(db.session, month, user)
+    closed = db.session.get(ClosedMonth, month)
+    if closed is None:
+        closed = ledger.close_month(db.session, month, user)
     return {"month": closed.month, "total_fen": closed.total_fen, "entries": closed.entries}
 
 
