@@ -58,11 +58,15 @@ class LedgerEntry(Base):
     day: Mapped[date]
     occurred_at: Mapped[datetime]
     reference: Mapped[str] = mapped_column(String(40))  # order number or counter-sale reference
-    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
-    order_line_id: Mapped[int | None] = mapped_column(ForeignKey("order_lines.id"))
+    # No foreign keys on the ids below: every one is copied from a row that holds the same key
+    # (an order line, an order, a counter sale), nothing in the shop deletes those rows, and the
+    # entry keeps its own copy of every name it is reported by. Checking them cost more than
+    # writing the entries themselves when a sweep recognises a year of orders (bench/reconcile.py).
+    order_id: Mapped[int | None]
+    order_line_id: Mapped[int | None]
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     quantity: Mapped[int]
-    county_id: Mapped[int] = mapped_column(ForeignKey("counties.id"))
+    county_id: Mapped[int]
     county: Mapped[str] = mapped_column(String(32))
     district: Mapped[str] = mapped_column(String(32))
     buyer_type: Mapped[str] = mapped_column(String(16))
@@ -71,9 +75,9 @@ class LedgerEntry(Base):
     funding: Mapped[str] = mapped_column(String(16))
     category: Mapped[str] = mapped_column(String(16))
     sku: Mapped[str | None] = mapped_column(String(32))
-    supplier_id: Mapped[int | None] = mapped_column(ForeignKey("suppliers.id"))
+    supplier_id: Mapped[int | None]
     # The buying unit, or the employer a buyer named (their personal spending shows there too).
-    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
+    organisation_id: Mapped[int | None]
     counted: Mapped[bool]
     reason: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -98,9 +102,15 @@ class DailyTotal(Base):
     category: Mapped[str] = mapped_column(String(16), primary_key=True)
     counted: Mapped[bool] = mapped_column(primary_key=True)
     amount_fen: Mapped[int] = mapped_column(BigInteger)
-    # Recognised order lines, and orders with a line in this cell (refunds add neither).
+    # Recognised order lines (refunds add none), and orders counted so that a total grouped
+    # with or without county and category counts each order once per row: `orders` when both
+    # are grouped by, `orders_in_county` / `orders_in_category` for one, `orders_overall` for
+    # neither (see ledger.services._cells).
     lines: Mapped[int] = mapped_column(BigInteger)
     orders: Mapped[int] = mapped_column(BigInteger)
+    orders_in_county: Mapped[int] = mapped_column(BigInteger)
+    orders_in_category: Mapped[int] = mapped_column(BigInteger)
+    orders_overall: Mapped[int] = mapped_column(BigInteger)
 
 
 class Cursor(Base):

@@ -13,12 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
+    any_,
     case,
     delete,
     exists,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, selectinload
 
 from shop.accounts.models import User
@@ -49,7 +52,14 @@ from shop.ledger.models import (
     NotCounted,
     Source,
 )
-from shop.ledger.sql import lock_ledger, month_of, shanghai_day, year_of
+from shop.ledger.sql import (
+    analyze_if_grown,
+    bulk_work_mem,
+    lock_ledger,
+    month_of,
+    shanghai_day,
+    year_of,
+)
 from shop.orders.models import Channel, Order, OrderAddress, OrderLine, Refund, Status
 from shop.procurement.models import Organisation
 from shop.timezones import shanghai_today
@@ -185,17 +195,32 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _write_payment_entries(session: DbSession, orders_where: ColumnElement[bool]) -> int:
+def _write_payment_entries(
+    session: DbSession, orders_where: ColumnElement[bool], *, optimistic: bool = False
+) -> int:
+    """Insert the selected orders' entries, skipping those already written.
+
+    `optimistic` (for a sweep that has already left out the orders with entries) first tries
+    a plain INSERT, which PostgreSQL writes a fifth faster than one that checks each row for a
+    conflict; only when a concurrent writer got to some of the same orders first does it fall
+    back to skipping conflicts.
+    """
     lock_ledger(session, "ROW EXCLUSIVE")
     closed = closed_months(session)
     rows = _payment_rows(orders_where, closed, shanghai_today(utcnow()))
-    statement = (
+    # SQLAlchemy keeps an INSERT's row count only when asked (PostgreSQL reports -1 else)
+    plain = (
         _insert(session, LedgerEntry.__table__)
         .from_select(list(_ENTRY_COLUMNS), rows)
-        .on_conflict_do_nothing(index_elements=["source", "source_id", "line_no"])
-        # SQLAlchemy keeps an INSERT's row count only when asked (PostgreSQL reports -1 else)
         .execution_options(preserve_rowcount=True)
     )
+    if optimistic:
+        try:
+            with session.begin_nested():
+                return int(getattr(session.execute(plain), "rowcount", 0) or 0)
+        except IntegrityError:
+            pass
+    statement = plain.on_conflict_do_nothing(index_elements=["source", "source_id", "line_no"])
     result = session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -214,12 +239,30 @@ def recognise_unrecognised_payments(session: DbSession) -> int:
     """Write the entries of every paid order that has none (a sweep; one statement)."""
     session.flush()
     o = Order.__table__
+    paid = o.c.status.in_([s.value for s in PAID_STATES])
+    bulk_work_mem(session)
+    if not _has_any_payment_entry(session):
+        # PostgreSQL plans the look-up in an empty ledger as a scan of it, repeated for every
+        # order while the statement fills it. The unique key keeps the entries once anyway.
+        return _write_payment_entries(session, paid, optimistic=True)
     missing = ~exists().where(
         LedgerEntry.__table__.c.source == Source.PAYMENT.value,
         LedgerEntry.__table__.c.source_id == o.c.id,
     )
-    return _write_payment_entries(
-        session, and_(o.c.status.in_([s.value for s in PAID_STATES]), missing)
+    if session.get_bind().dialect.name != "postgresql":
+        return _write_payment_entries(session, and_(paid, missing), optimistic=True)
+    # The orders still to recognise, found first as an array: PostgreSQL would otherwise join
+    # every paid order's lines to everything before it leaves out the recognised ones.
+    todo = func.array(select(o.c.id).where(paid, missing).correlate(None).scalar_subquery())
+    return _write_payment_entries(session, o.c.id == any_(todo), optimistic=True)
+
+
+def _has_any_payment_entry(session: DbSession) -> bool:
+    return (
+        session.scalar(
+            select(LedgerEntry.id).where(LedgerEntry.source == Source.PAYMENT.value).limit(1)
+        )
+        is not None
     )
 
 
@@ -370,8 +413,14 @@ def recognise_refund(session: DbSession, refund: Refund) -> int:
         shanghai_today(utcnow()),
     )
     if rows:
-        session.execute(insert(LedgerEntry), rows)
+        session.execute(_entry_insert(), rows)
     return len(rows)
+
+
+def _entry_insert() -> Any:
+    # The table, not the ORM class: every row carries every column, and the ORM's bulk insert
+    # would start a new statement at each change in which of them are empty, a few rows each.
+    return insert(cast(Table, LedgerEntry.__table__))
 
 
 def _has_entries(session: DbSession, source: Source, source_id: int) -> bool:
@@ -412,17 +461,16 @@ def recognise_unrecognised_refunds(session: DbSession, batch: int = 2000) -> int
             select(Order.id).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update()
         )
         lock_ledger(session, "ROW EXCLUSIVE")
-        fresh = set(
-            session.scalars(
-                select(Refund.id).where(
-                    Refund.id.in_([r.id for r in refunds]),
-                    ~exists().where(
-                        LedgerEntry.source == Source.REFUND.value,
-                        LedgerEntry.source_id == Refund.id,
-                    ),
-                )
-            )
+        # Asked of the ledger's unique key directly: planned as an anti-join, the ledger's
+        # statistics (taken before this sweep wrote its first refund entry) made it a scan of
+        # every refund entry for every refund of the batch.
+        ids = [r.id for r in refunds]
+        done = session.scalars(
+            select(LedgerEntry.source_id)
+            .where(LedgerEntry.source == Source.REFUND.value, LedgerEntry.source_id.in_(ids))
+            .distinct()
         )
+        fresh = set(ids) - set(done)
         templates, remaining = _templates_and_remaining(session, order_ids)
         closed = closed_months(session)
         today = shanghai_today(utcnow())
@@ -433,7 +481,7 @@ def recognise_unrecognised_refunds(session: DbSession, batch: int = 2000) -> int
                     refund, templates, remaining[refund.order_id], closed, today
                 )
         if rows:
-            session.execute(insert(LedgerEntry), rows)
+            session.execute(_entry_insert(), rows)
         session.commit()
         written += len(rows)
 
@@ -442,6 +490,8 @@ def recognise_all(session: DbSession) -> dict[str, int]:
     """The recognise sweep: payments then refunds that have no entries yet. Safe to repeat."""
     payments = recognise_unrecognised_payments(session)
     session.commit()
+    analyze_if_grown(session, LedgerEntry.__tablename__, payments)
+    session.commit()
     refunds = recognise_unrecognised_refunds(session)
     return {"payment_entries": payments, "refund_entries": refunds}
 
@@ -449,39 +499,69 @@ def recognise_all(session: DbSession) -> dict[str, int]:
 # --- daily totals -----------------------------------------------------------------------------
 
 
+# Which order count is exact for a grouping: an order's lines share every dimension but the
+# county and the category (and whether they count), so an order is counted once per row when
+# its first line of each (county, category), county, category or of the whole order carries it.
+ORDER_COUNTS = ("orders", "orders_in_county", "orders_in_category", "orders_overall")
+
+
+def _order_count_column(group_by: Sequence[str]) -> str:
+    by_county, by_category = "county" in group_by, "category" in group_by
+    if by_county and by_category:
+        return "orders"
+    if by_county:
+        return "orders_in_county"
+    return "orders_in_category" if by_category else "orders_overall"
+
+
 def _cells(where: ColumnElement[bool] | None = None) -> Select[Any]:
-    """The ledger summed into daily-total cells (over the entries `where` selects)."""
+    """The ledger summed into daily-total cells (over the entries `where` selects).
+
+    `where` must keep or drop all entries of a source event together (an id range of whole
+    statements, or whole days): the order counts mark one line per order among those selected.
+    """
     table = LedgerEntry.__table__
-    not_refund = table.c.source != Source.REFUND.value
-    keys = [table.c.day, *[table.c[name] for name in DIMENSIONS], table.c.counted]
-    statement = select(
-        *keys,
-        func.sum(table.c.amount_fen).label("amount_fen"),
-        func.sum(case((not_refund, 1), else_=0)).label("lines"),
-        (
-            func.count(
-                func.distinct(case((table.c.source == Source.PAYMENT.value, table.c.source_id)))
-            )
-            + func.sum(case((table.c.source == Source.OFFLINE.value, 1), else_=0))
-        ).label("orders"),
-    ).group_by(*keys)
-    return statement if where is None else statement.where(where)
+    is_refund = table.c.source == Source.REFUND.value
+    event = (table.c.source, table.c.source_id, table.c.counted)
 
+    def first_line(*within: Any) -> Any:
+        lowest = func.min(table.c.id).over(partition_by=(*event, *within))
+        return case((is_refund, 0), (table.c.id == lowest, 1), else_=0)
 
-def _add_cells(session: DbSession, cells: Select[Any]) -> None:
-    table = DailyTotal.__table__
-    statement = _insert(session, table).from_select(
-        ["day", *DIMENSIONS, "counted", "amount_fen", "lines", "orders"], cells
+    marked = select(
+        table.c.day,
+        *[table.c[name] for name in DIMENSIONS],
+        table.c.counted,
+        table.c.amount_fen,
+        case((is_refund, 0), else_=1).label("line"),
+        first_line(table.c.county, table.c.category).label("orders"),
+        first_line(table.c.county).label("orders_in_county"),
+        first_line(table.c.category).label("orders_in_category"),
+        first_line().label("orders_overall"),
     )
+    if where is not None:
+        marked = marked.where(where)
+    rows = marked.subquery("marked")
+    keys = [rows.c.day, *[rows.c[name] for name in DIMENSIONS], rows.c.counted]
+    return select(
+        *keys,
+        func.sum(rows.c.amount_fen).label("amount_fen"),
+        func.sum(rows.c.line).label("lines"),
+        *[func.sum(rows.c[name]).label(name) for name in ORDER_COUNTS],
+    ).group_by(*keys)
+
+
+def _add_cells(session: DbSession, cells: Select[Any]) -> int:
+    """Add the cells to the daily totals; returns how many cells were written."""
+    table = DailyTotal.__table__
+    sums = ("amount_fen", "lines", *ORDER_COUNTS)
+    statement = _insert(session, table).from_select(["day", *DIMENSIONS, "counted", *sums], cells)
     statement = statement.on_conflict_do_update(
         index_elements=["day", *DIMENSIONS, "counted"],
-        set_={
-            "amount_fen": table.c.amount_fen + statement.excluded.amount_fen,
-            "lines": table.c.lines + statement.excluded.lines,
-            "orders": table.c.orders + statement.excluded.orders,
-        },
+        set_={name: table.c[name] + statement.excluded[name] for name in sums},
     )
-    session.execute(statement)
+    result = session.execute(statement.execution_options(preserve_rowcount=True))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _rollup_cursor(session: DbSession) -> Cursor:
@@ -500,17 +580,19 @@ def _rollup_cursor(session: DbSession) -> Cursor:
     return cursor
 
 
-def _roll_up(session: DbSession) -> int:
+def _roll_up(session: DbSession) -> tuple[int, int]:
+    """Fold the entries since the cursor; returns (the id span folded, the cells written)."""
     lock_ledger(session, "SHARE")
     cursor = _rollup_cursor(session)
     high = session.scalar(select(func.max(LedgerEntry.id))) or 0
     if high <= cursor.position:
-        return 0
+        return 0, 0
     table = LedgerEntry.__table__
-    _add_cells(session, _cells(and_(table.c.id > cursor.position, table.c.id <= high)))
+    bulk_work_mem(session)
+    cells = _add_cells(session, _cells(and_(table.c.id > cursor.position, table.c.id <= high)))
     folded = high - cursor.position
     cursor.position = high
-    return folded
+    return folded, cells
 
 
 def rollup(session: DbSession) -> int:
@@ -519,7 +601,9 @@ def rollup(session: DbSession) -> int:
     Safe to run concurrently: the cursor row is locked, so a second run waits and then finds
     nothing new.
     """
-    folded = _roll_up(session)
+    folded, cells = _roll_up(session)
+    session.commit()
+    analyze_if_grown(session, DailyTotal.__tablename__, cells)
     session.commit()
     return folded
 
@@ -529,8 +613,11 @@ def rebuild_rollups(session: DbSession) -> None:
     lock_ledger(session, "SHARE")
     cursor = _rollup_cursor(session)
     session.execute(delete(DailyTotal))
-    _add_cells(session, _cells())
+    bulk_work_mem(session)
+    cells = _add_cells(session, _cells())
     cursor.position = session.scalar(select(func.max(LedgerEntry.id))) or 0
+    session.commit()
+    analyze_if_grown(session, DailyTotal.__tablename__, cells)
     session.commit()
 
 
@@ -555,7 +642,7 @@ def daily_cells_from_table(session: DbSession) -> set[tuple[Any, ...]]:
                 table.c.counted,
                 table.c.amount_fen,
                 table.c.lines,
-                table.c.orders,
+                *[table.c[name] for name in ORDER_COUNTS],
             )
         )
     }
@@ -568,34 +655,46 @@ LEDGER_GROUPS = ("supplier", "organisation")
 GROUPS = (*DIMENSIONS, *LEDGER_GROUPS, "day", "month", "year")
 
 
-def _named_cells(where: ColumnElement[bool]) -> Select[Any]:
-    """Like the daily-total cells, also keyed by supplier and organisation name."""
+def _by_name(
+    session: DbSession,
+    where: ColumnElement[bool],
+    group_by: Sequence[str],
+    counted_only: bool,
+) -> Totals:
+    """Totals by supplier or organisation, straight from the ledger, orders counted distinct."""
     table = LedgerEntry.__table__
     supplier = Supplier.__table__
     organisation = Organisation.__table__
-    names = [
-        func.coalesce(supplier.c.name, literal("")).label("supplier"),
-        func.coalesce(organisation.c.name, literal("")).label("organisation"),
-    ]
-    keys = [table.c.day, *[table.c[name] for name in DIMENSIONS], table.c.counted, *names]
-    return (
+    columns: dict[str, Any] = {
+        "supplier": func.coalesce(supplier.c.name, literal("")),
+        "organisation": func.coalesce(organisation.c.name, literal("")),
+        "month": month_of(table.c.day),
+        "year": year_of(table.c.day),
+    }
+    keys: list[Any] = [columns[name] if name in columns else table.c[name] for name in group_by]
+    labelled = [key.label(name) for key, name in zip(keys, group_by, strict=True)]
+    statement = (
         select(
-            *keys,
+            *labelled,
             func.sum(table.c.amount_fen).label("amount_fen"),
-            func.sum(case((table.c.source != Source.REFUND.value, 1), else_=0)).label("lines"),
             (
                 func.count(
                     func.distinct(case((table.c.source == Source.PAYMENT.value, table.c.source_id)))
                 )
                 + func.sum(case((table.c.source == Source.OFFLINE.value, 1), else_=0))
             ).label("orders"),
+            func.sum(case((table.c.source != Source.REFUND.value, 1), else_=0)).label("lines"),
         )
         .select_from(table)
         .outerjoin(supplier, supplier.c.id == table.c.supplier_id)
         .outerjoin(organisation, organisation.c.id == table.c.organisation_id)
         .where(where)
-        .group_by(*keys)
     )
+    if counted_only:
+        statement = statement.where(table.c.counted == true())
+    if labelled:
+        statement = statement.group_by(*keys).order_by(*keys)
+    return _totals_of(session, statement)
 
 
 @dataclass(frozen=True)
@@ -633,9 +732,7 @@ def totals(
         raise InvalidInput("结束日期不能早于开始日期。", details=[{"field": "to"}])
     entries = LedgerEntry.__table__
     if any(name in LEDGER_GROUPS for name in group_by):
-        return _grouped(
-            session, _named_cells(entries.c.day.between(start, end)), group_by, counted_only
-        )
+        return _by_name(session, entries.c.day.between(start, end), group_by, counted_only)
     daily = DailyTotal.__table__
     position = select(Cursor.position).where(Cursor.name == ROLLUP_CURSOR).scalar_subquery()
     recent = _cells(
@@ -647,7 +744,7 @@ def totals(
         daily.c.counted,
         daily.c.amount_fen,
         daily.c.lines,
-        daily.c.orders,
+        *[daily.c[name] for name in ORDER_COUNTS],
     ).where(daily.c.day.between(start, end))
     return _grouped(session, union_all(stored, recent), group_by, counted_only)
 
@@ -667,13 +764,17 @@ def _grouped(
     statement = select(
         *keys,
         func.sum(cells.c.amount_fen).label("amount_fen"),
-        func.sum(cells.c.orders).label("orders"),
+        func.sum(cells.c[_order_count_column(group_by)]).label("orders"),
         func.sum(cells.c.lines).label("lines"),
     )
     if counted_only:
         statement = statement.where(cells.c.counted == true())
     if keys:
         statement = statement.group_by(*keys).order_by(*keys)
+    return _totals_of(session, statement)
+
+
+def _totals_of(session: DbSession, statement: Select[Any]) -> Totals:
     rows = []
     for row in session.execute(statement).mappings():
         item = dict(row)
@@ -689,20 +790,9 @@ def _grouped(
 
 
 def count_orders(session: DbSession, *, start: date, end: date) -> int:
-    """Orders (and counter sales) with a counted line booked from `start` to `end`, each once.
-
-    A row of a grouped total counts an order in every row it has a line in, so the rows of a
-    total do not add up to this; totals' 合计 rows show this instead.
-    """
-    table = LedgerEntry.__table__
-    counted_in_range = and_(table.c.counted == true(), table.c.day.between(start, end))
-    payments = select(func.count(func.distinct(table.c.source_id))).where(
-        counted_in_range, table.c.source == Source.PAYMENT.value
-    )
-    sales = select(func.count(table.c.id)).where(
-        counted_in_range, table.c.source == Source.OFFLINE.value
-    )
-    return int(session.scalar(payments) or 0) + int(session.scalar(sales) or 0)
+    """Orders (and counter sales) with a counted line booked from `start` to `end`, each once."""
+    whole = totals(session, start=start, end=end, group_by=[])
+    return whole.rows[0]["orders"] if whole.rows else 0
 
 
 # --- closing a month --------------------------------------------------------------------------

@@ -77,3 +77,33 @@ def lock_ledger(session: DbSession, mode: str) -> None:
         raise ValueError(mode)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"LOCK TABLE ledger_entries IN {mode} MODE"))
+
+
+# Room for the sort and hash of a statement over a year of entries (PostgreSQL's default of
+# 4 MB sends them to disk); taken per transaction, by the few statements that need it.
+BULK_WORK_MEM = "256MB"
+# A table has grown enough for its statistics to be stale when this many rows, and a tenth of
+# what it held, were added since they were taken.
+STALE_AFTER_ROWS = 10_000
+
+
+def bulk_work_mem(session: DbSession) -> None:
+    """Let the rest of this transaction sort and hash in memory (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'"))
+
+
+def analyze_if_grown(session: DbSession, table: str, added: int) -> None:
+    """Refresh PostgreSQL's statistics of a table a bulk write has just grown a lot.
+
+    Autovacuum gets there, but later: meanwhile the next statements are planned for the table
+    as it was (a sweep's look-ups by order become scans of the whole ledger).
+    """
+    if added < STALE_AFTER_ROWS or session.get_bind().dialect.name != "postgresql":
+        return
+    known = session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE oid = CAST(:name AS regclass)"),
+        {"name": table},
+    )
+    if added >= max(float(known or 0), 0.0) / 10:
+        session.execute(text(f"ANALYZE {table}"))

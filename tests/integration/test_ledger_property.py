@@ -513,7 +513,8 @@ def assert_totals_rollups_and_rebuild_agree(folder: Path) -> None:
     assert rolled == before_rollup
     from_table = daily_cells_from_table(db.session)
     assert from_table == daily_cells_from_ledger(db.session)
-    assert sum(cell[-3] for cell in from_table if cell[-4]) == counted
+    # A cell is (day, the seven dimensions, counted, amount_fen, lines, the order counts…).
+    assert sum(cell[9] for cell in from_table if cell[8]) == counted
     rebuild_rollups(db.session)
     assert daily_cells_from_table(db.session) == from_table
     assert totals(db.session, group_by=["county", "month"], **window) == rolled

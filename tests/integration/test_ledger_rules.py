@@ -559,3 +559,29 @@ def test_a_payment_at_2330_utc_on_a_months_last_day_belongs_to_the_next_shanghai
     assert [(r["month"], r["amount_fen"]) for r in by_month] == [(f"{following:%Y-%m}", 12800)]
     assert [(r["day"], r["amount_fen"]) for r in by_day] == [(str(following), 12800)]
     assert only_the_month.total_fen == 0
+
+
+def test_every_row_counts_an_order_once_whatever_the_grouping(live_shop: LiveShop) -> None:
+    buyer = live_shop.token("buyer@example.com")
+    order = place(live_shop, buyer, [("PA-TEA-001", 1), ("PA-TEA-002", 2), ("CH-BN-001", 1)])
+    pay(live_shop, order)
+
+    def rows(*group_by: str) -> dict[tuple[str, ...], tuple[int, int]]:
+        found = year_totals(group_by=list(group_by)).rows
+        return {tuple(r[g] for g in group_by): (r["orders"], r["lines"]) for r in found}
+
+    with live_shop.app.app_context():
+        for rolled_up in (False, True):
+            if rolled_up:
+                rollup(db.session)
+            assert rows() == {(): (1, 3)}
+            assert rows("month") == {(f"{shanghai_now():%Y-%m}",): (1, 3)}
+            assert rows("county") == {("册亨县",): (1, 1), ("普安县",): (1, 2)}
+            assert rows("category") == {("水果",): (1, 1), ("茶叶",): (1, 2)}
+            assert rows("county", "category") == {
+                ("册亨县", "水果"): (1, 1),
+                ("普安县", "茶叶"): (1, 2),
+            }
+            assert rows("district", "channel") == {("惠城区", "online"): (1, 3)}
+            # three lines from three suppliers: the order is in each supplier's row once
+            assert sorted(rows("supplier").values()) == [(1, 1), (1, 1), (1, 1)]

@@ -97,7 +97,9 @@ def test_an_employees_paid_order_shows_as_personal_spending_of_the_unit(
     assert progress(live_shop, approver)["personal_fen"] == goods - 1000
     with live_shop.app.app_context():
         earlier = db.session.scalars(
-            select(LedgerEntry.organisation_id).join(Order).where(Order.number == before["number"])
+            select(LedgerEntry.organisation_id)
+            .join(Order, Order.id == LedgerEntry.order_id)
+            .where(Order.number == before["number"])
         ).all()
         assert earlier == [None]  # paid before the buyer named the unit
 

@@ -37,6 +37,9 @@ def upgrade() -> None:
     sa.Column('amount_fen', sa.BigInteger(), nullable=False),
     sa.Column('lines', sa.BigInteger(), nullable=False),
     sa.Column('orders', sa.BigInteger(), nullable=False),
+    sa.Column('orders_in_county', sa.BigInteger(), nullable=False),
+    sa.Column('orders_in_category', sa.BigInteger(), nullable=False),
+    sa.Column('orders_overall', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('day', 'county', 'district', 'buyer_type', 'kind', 'channel', 'funding', 'category', 'counted', name=op.f('pk_ledger_daily_totals'))
     )
     op.create_table('closed_months',
@@ -143,11 +146,6 @@ def upgrade() -> None:
     sa.Column('counted', sa.Boolean(), nullable=False),
     sa.Column('reason', sa.String(length=64), nullable=False),
     sa.Column('created_at', shop.db.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['county_id'], ['counties.id'], name=op.f('fk_ledger_entries_county_id_counties')),
-    sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_ledger_entries_order_id_orders')),
-    sa.ForeignKeyConstraint(['order_line_id'], ['order_lines.id'], name=op.f('fk_ledger_entries_order_line_id_order_lines')),
-    sa.ForeignKeyConstraint(['organisation_id'], ['organisations.id'], name=op.f('fk_ledger_entries_organisation_id_organisations')),
-    sa.ForeignKeyConstraint(['supplier_id'], ['suppliers.id'], name=op.f('fk_ledger_entries_supplier_id_suppliers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries')),
     sa.UniqueConstraint('source', 'source_id', 'line_no', name='uq_ledger_entries_source_event')
     )
