@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
     true,
     union_all,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -399,8 +400,9 @@ def recognise_refund(session: DbSession, refund: Refund) -> int:
     move underneath; a second call finds the refund's entries and writes nothing.
     """
     session.flush()
-    if _has_entries(session, Source.REFUND, refund.id):
+    if refund.recognised_at is not None or _has_entries(session, Source.REFUND, refund.id):
         return 0
+    refund.recognised_at = utcnow()
     if not _has_entries(session, Source.PAYMENT, refund.order_id):
         recognise_order(session, refund.order)
     lock_ledger(session, "ROW EXCLUSIVE")
@@ -444,9 +446,7 @@ def recognise_unrecognised_refunds(session: DbSession, batch: int = 2000) -> int
             .where(
                 Refund.status == "succeeded",
                 Refund.id > last_id,
-                ~exists().where(
-                    LedgerEntry.source == Source.REFUND.value, LedgerEntry.source_id == Refund.id
-                ),
+                Refund.recognised_at.is_(None),
             )
             .order_by(Refund.id)
             .limit(batch)
@@ -482,6 +482,7 @@ def recognise_unrecognised_refunds(session: DbSession, batch: int = 2000) -> int
                 )
         if rows:
             session.execute(_entry_insert(), rows)
+        session.execute(update(Refund).where(Refund.id.in_(ids)).values(recognised_at=utcnow()))
         session.commit()
         written += len(rows)
 

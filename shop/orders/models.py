@@ -191,6 +191,9 @@ class Refund(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     succeeded_at: Mapped[datetime | None]
+    # When its ledger entries were written: a refund of shipping only writes none, and the
+    # recognition sweep must still know it is done.
+    recognised_at: Mapped[datetime | None]
 
     order: Mapped[Order] = relationship(back_populates="refunds")
     lines: Mapped[list[RefundLine]] = relationship(
