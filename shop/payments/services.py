@@ -463,6 +463,12 @@ def refund(
         for earlier in pending:
             _submit(session, client, order, earlier)
         return order
+    if order.stripe_payment_intent_id is None and order.status in REFUNDABLE:
+        raise Conflict(
+            f"订单 {order.number} 不是经 Stripe 付款的（例如对公转账），不能经 Stripe 退款，"
+            "请线下退款。",
+            code="not_paid_through_stripe",
+        )
     refund_row = plan_refund(order, amount_fen=amount_fen, lines=lines, actor=actor, reason=reason)
     order.refunds.append(refund_row)
     audit(

@@ -550,3 +550,30 @@ def test_an_invoice_paid_at_stripe_can_be_refunded_by_amount_and_the_ledger_foll
     }
     summary = api(live_shop, "GET", "/procurement/summary", people["approver"]).json()
     assert summary["spent_fen"] == order["goods_fen"] - 12345
+
+
+def test_an_order_paid_by_bank_transfer_is_not_refunded_through_stripe(live_shop, people) -> None:
+    order = submitted_and_approved(live_shop, people)
+    body = {
+        "order": order["number"],
+        "amount_fen": order["total_fen"],
+        "paid_at": date.today().isoformat(),
+        "reference": "ICBC-0003",
+        "payer_account": "6222 0000 2222",
+    }
+    assert api(live_shop, "POST", "/finance/transfers", people["finance"], json=body).ok
+    refused = api(
+        live_shop,
+        "POST",
+        f"/orders/{order['number']}/refunds",
+        people["admin"],
+        json={"amount_fen": 100},
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "not_paid_through_stripe"
+    assert "线下退款" in refused.json()["error"]["message"]
+    with live_shop.app.app_context():
+        assert (
+            db.session.scalar(select(func.count(LedgerEntry.id)).where(LedgerEntry.amount_fen < 0))
+            == 0
+        )
