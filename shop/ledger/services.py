@@ -32,14 +32,13 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, selectinload
 
 from shop.accounts.models import User
 from shop.accounts.services import audit
 from shop.catalog.models import County, District, Supplier
-from shop.db import DbSession, utcnow
+from shop.db import DbSession, dialect_insert, utcnow
 from shop.errors import Conflict, InvalidInput
 from shop.ledger.models import (
     DIMENSIONS,
@@ -94,11 +93,6 @@ def _booking_day_sql(day: ColumnElement[Any], closed: set[str], today: date) -> 
     if not closed:
         return day
     return case((month_of(day).in_(sorted(closed)), literal(today)), else_=day)
-
-
-def _insert(session: DbSession, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 # --- recognition: payments ----------------------------------------------------------------------
@@ -211,7 +205,7 @@ def _write_payment_entries(
     rows = _payment_rows(orders_where, closed, shanghai_today(utcnow()))
     # SQLAlchemy keeps an INSERT's row count only when asked (PostgreSQL reports -1 else)
     plain = (
-        _insert(session, LedgerEntry.__table__)
+        dialect_insert(session, LedgerEntry.__table__)
         .from_select(list(_ENTRY_COLUMNS), rows)
         .execution_options(preserve_rowcount=True)
     )
@@ -556,7 +550,9 @@ def _add_cells(session: DbSession, cells: Select[Any]) -> int:
     """Add the cells to the daily totals; returns how many cells were written."""
     table = DailyTotal.__table__
     sums = ("amount_fen", "lines", *ORDER_COUNTS)
-    statement = _insert(session, table).from_select(["day", *DIMENSIONS, "counted", *sums], cells)
+    statement = dialect_insert(session, table).from_select(
+        ["day", *DIMENSIONS, "counted", *sums], cells
+    )
     statement = statement.on_conflict_do_update(
         index_elements=["day", *DIMENSIONS, "counted"],
         set_={name: table.c[name] + statement.excluded[name] for name in sums},
@@ -567,7 +563,7 @@ def _add_cells(session: DbSession, cells: Select[Any]) -> int:
 
 def _rollup_cursor(session: DbSession) -> Cursor:
     session.execute(
-        _insert(session, Cursor.__table__)
+        dialect_insert(session, Cursor.__table__)
         .values(name=ROLLUP_CURSOR, position=0, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["name"])
     )
@@ -810,6 +806,18 @@ def parse_month(month: str) -> tuple[date, date]:
     return first, date.fromordinal(following.toordinal() - 1)
 
 
+def _month_figures(session: DbSession, first: date, last: date) -> tuple[int, int]:
+    """A month's counted total and its number of entries, counted or not."""
+    table = LedgerEntry.__table__
+    total, count = session.execute(
+        select(
+            func.coalesce(func.sum(case((table.c.counted == true(), table.c.amount_fen))), 0),
+            func.count(table.c.id),
+        ).where(table.c.day.between(first, last))
+    ).one()
+    return int(total), int(count)
+
+
 def close_month(
     session: DbSession, month: str, actor: User, now: datetime | None = None
 ) -> ClosedMonth:
@@ -822,16 +830,10 @@ def close_month(
     if session.get(ClosedMonth, month) is not None:
         raise Conflict(f"{month} 已经结账。", code="month_closed")
     _roll_up(session)
-    table = LedgerEntry.__table__
-    total, count = session.execute(
-        select(
-            func.coalesce(func.sum(case((table.c.counted == true(), table.c.amount_fen))), 0),
-            func.count(table.c.id),
-        ).where(table.c.day.between(first, last))
-    ).one()
-    closed = ClosedMonth(month=month, closed_by=actor.id, total_fen=int(total), entries=int(count))
+    total, count = _month_figures(session, first, last)
+    closed = ClosedMonth(month=month, closed_by=actor.id, total_fen=total, entries=count)
     session.add(closed)
-    audit(session, actor, "ledger.close_month", month, total_fen=int(total), entries=int(count))
+    audit(session, actor, "ledger.close_month", month, total_fen=total, entries=count)
     session.commit()
     return closed
 
@@ -839,11 +841,4 @@ def close_month(
 def month_unchanged(session: DbSession, closed: ClosedMonth) -> bool:
     """Whether a closed month still holds exactly what it held when it was closed."""
     first, last = parse_month(closed.month)
-    table = LedgerEntry.__table__
-    total, count = session.execute(
-        select(
-            func.coalesce(func.sum(case((table.c.counted == true(), table.c.amount_fen))), 0),
-            func.count(table.c.id),
-        ).where(table.c.day.between(first, last))
-    ).one()
-    return int(total) == closed.total_fen and int(count) == closed.entries
+    return _month_figures(session, first, last) == (closed.total_fen, closed.entries)

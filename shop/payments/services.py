@@ -520,7 +520,7 @@ def verify_webhook(
 
 def _order_from_metadata(session: DbSession, obj: Mapping[str, Any]) -> Order | None:
     number = (obj.get("metadata") or {}).get("order_number") or obj.get("client_reference_id")
-    payment_intent = _id(obj.get("payment_intent"))
+    payment_intent = stripe_id(obj.get("payment_intent"))
     if number:
         match = Order.number == number
     elif payment_intent:
@@ -555,7 +555,7 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
         return recognise_payment(
             session,
             order,
-            payment_intent=_id(obj.get("payment_intent")),
+            payment_intent=stripe_id(obj.get("payment_intent")),
             amount_fen=obj["amount_total"],
             source=kind,
             paid_at=happened,
@@ -577,7 +577,9 @@ def handle_stripe_event(session: DbSession, event: Mapping[str, Any]) -> bool:
             order,
             # A charged invoice's PaymentIntent is what a later refund goes through; one paid
             # out of band (a bank transfer) has none that holds money.
-            payment_intent=None if obj.get("paid_out_of_band") else _id(obj.get("payment_intent")),
+            payment_intent=None
+            if obj.get("paid_out_of_band")
+            else stripe_id(obj.get("payment_intent")),
             amount_fen=obj["amount_paid"],
             source=kind,
             paid_at=happened,
@@ -610,7 +612,8 @@ def _created(obj: Mapping[str, Any]) -> datetime | None:
     return datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None
 
 
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
+def stripe_id(value: Any) -> str | None:
+    """The id of a Stripe field that holds either an id or the expanded object."""
+    if isinstance(value, Mapping):
         return value.get("id")
-    return value
+    return value if isinstance(value, str) else None

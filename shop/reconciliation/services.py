@@ -19,17 +19,21 @@ from typing import Any
 import stripe
 from flask import current_app
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from shop.accounts.models import User
 from shop.accounts.services import audit
-from shop.db import DbSession, utcnow
+from shop.db import DbSession, dialect_insert, utcnow
 from shop.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from shop.ledger.models import Cursor
 from shop.ledger.services import PAID_STATES
 from shop.orders.models import Order, Refund, Status
 from shop.orders.services import get_order
-from shop.payments.services import REFUNDABLE, apply_stripe_refund, recognise_payment
+from shop.payments.services import (
+    REFUNDABLE,
+    apply_stripe_refund,
+    recognise_payment,
+    stripe_id,
+)
 from shop.procurement.models import BankTransfer
 from shop.reconciliation.models import Discrepancy, DiscrepancyKind, DiscrepancyStatus
 
@@ -137,7 +141,7 @@ def _slim(kind: str, obj: Mapping[str, Any]) -> JSON:
     slim["metadata"] = {str(k): str(v) for k, v in (obj.get("metadata") or {}).items()}
     for name in FIELDS[kind]:
         value = obj.get(name)
-        slim[name] = _id(value) if isinstance(value, Mapping) and "id" in value else value
+        slim[name] = stripe_id(value) if isinstance(value, Mapping) and "id" in value else value
     if isinstance(slim.get("status_transitions"), Mapping):
         slim["status_transitions"] = dict(slim["status_transitions"])
     return slim
@@ -147,12 +151,6 @@ def _list(client: stripe.StripeClient, kind: str, params: Mapping[str, Any]) -> 
     query = {"limit": PAGE_SIZE, **params}
     for obj in _collection(client, kind).list(params=query).auto_paging_iter():
         yield _slim(kind, obj.to_dict())
-
-
-def _id(value: Any) -> str | None:
-    if isinstance(value, Mapping):
-        return value.get("id")
-    return value if isinstance(value, str) else None
 
 
 def _number(obj: Mapping[str, Any]) -> str | None:
@@ -210,7 +208,7 @@ class StripeReader:
             amount_fen=int(intent["amount_received"] if paid else intent["amount"]),
             currency=str(intent.get("currency") or ""),
             paid_at=None,
-            charge=_id(intent.get("latest_charge")) if paid else None,
+            charge=stripe_id(intent.get("latest_charge")) if paid else None,
         )
 
     @staticmethod
@@ -223,7 +221,7 @@ class StripeReader:
         return Payment(
             kind="invoice",
             stripe_object=invoice["id"],
-            payment_intent=_id(invoice.get("payment_intent")),
+            payment_intent=stripe_id(invoice.get("payment_intent")),
             paid=paid,
             amount_fen=amount_paid if paid else int(invoice.get("amount_due") or 0),
             currency=str(invoice.get("currency") or ""),
@@ -245,11 +243,6 @@ class StripeReader:
 # --- cursors ----------------------------------------------------------------------------------
 
 
-def _insert(session: DbSession, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
-
 def _positions(session: DbSession) -> dict[str, int]:
     names = [CURSOR_PREFIX + kind for kind in LISTS]
     rows = session.execute(select(Cursor.name, Cursor.position).where(Cursor.name.in_(names)))
@@ -262,7 +255,7 @@ def _advance_cursors(session: DbSession, newest: Mapping[str, int]) -> None:
     for kind, position in newest.items():
         name = CURSOR_PREFIX + kind
         session.execute(
-            _insert(session, Cursor.__table__)
+            dialect_insert(session, Cursor.__table__)
             .values(name=name, position=0, updated_at=now)
             .on_conflict_do_nothing(index_elements=["name"])
         )
@@ -292,7 +285,7 @@ def _record(
 ) -> bool:
     """Write a discrepancy once per (kind, Stripe object); False when it was already there."""
     statement = (
-        _insert(session, Discrepancy.__table__)
+        dialect_insert(session, Discrepancy.__table__)
         .values(
             kind=kind.value,
             status=status.value,
@@ -365,15 +358,15 @@ def _shop_refunds(session: DbSession, numbers: Iterable[str]) -> dict[str, dict[
     """Per order: its refunds' status, by Stripe refund id and by our refund id."""
     found: dict[str, dict[str, str]] = {}
     for batch in _chunks(sorted(set(numbers))):
-        for number, refund_id, stripe_id, status in session.execute(
+        for number, refund_id, stripe_refund_id, status in session.execute(
             select(Order.number, Refund.id, Refund.stripe_refund_id, Refund.status)
             .join(Refund, Refund.order_id == Order.id)
             .where(Order.number.in_(batch))
         ):
             statuses = found.setdefault(number, {})
             statuses[str(refund_id)] = status
-            if stripe_id:
-                statuses[stripe_id] = status
+            if stripe_refund_id:
+                statuses[stripe_refund_id] = status
     return found
 
 
@@ -391,14 +384,14 @@ def _gather(session: DbSession, reader: StripeReader, since: Mapping[str, int | 
         kind: max((int(obj["created"]) for obj in objects[kind]), default=0) for kind in LISTS
     }
     for txn in objects["balance_transactions"]:
-        source = _id(txn.get("source"))
+        source = stripe_id(txn.get("source"))
         if source and txn.get("type") in ("charge", "payment"):
             reader.charges_moved.add(source)
 
     intents: dict[str, JSON] = {obj["id"]: obj for obj in objects["payment_intents"]}
     invoices: dict[str, JSON] = {obj["id"]: obj for obj in objects["invoices"]}
     invoice_intents = {
-        pi: inv["id"] for inv in invoices.values() if (pi := _id(inv.get("payment_intent")))
+        pi: inv["id"] for inv in invoices.values() if (pi := stripe_id(inv.get("payment_intent")))
     }
     number_of_intent: dict[str, str] = {}
 
@@ -409,7 +402,7 @@ def _gather(session: DbSession, reader: StripeReader, since: Mapping[str, int | 
                 intents[intent_id] = found
 
     for checkout in objects["checkout_sessions"]:
-        intent_id = _id(checkout.get("payment_intent"))
+        intent_id = stripe_id(checkout.get("payment_intent"))
         number = _number(checkout) or checkout.get("client_reference_id")
         if intent_id:
             want_intent(intent_id)
@@ -417,20 +410,20 @@ def _gather(session: DbSession, reader: StripeReader, since: Mapping[str, int | 
                 number_of_intent[intent_id] = number
     # A charge long after its PaymentIntent was created falls outside the overlap; its
     # balance transaction does not.
-    charged = {_id(pi.get("latest_charge")) for pi in intents.values()}
+    charged = {stripe_id(pi.get("latest_charge")) for pi in intents.values()}
     for charge_id in sorted(reader.charges_moved - charged):
         charge = reader.retrieve("charges", charge_id)
-        intent_id = _id((charge or {}).get("payment_intent"))
+        intent_id = stripe_id((charge or {}).get("payment_intent"))
         if intent_id:
             want_intent(intent_id)
     for invoice in invoices.values():
-        if (number := _number(invoice)) and (pi := _id(invoice.get("payment_intent"))):
+        if (number := _number(invoice)) and (pi := stripe_id(invoice.get("payment_intent"))):
             number_of_intent.setdefault(pi, number)
     for intent in intents.values():
         if number := _number(intent):
             number_of_intent.setdefault(intent["id"], number)
     refund_intents = {
-        pi for refund in objects["refunds"] if (pi := _id(refund.get("payment_intent")))
+        pi for refund in objects["refunds"] if (pi := stripe_id(refund.get("payment_intent")))
     }
     unnamed = (set(intents) | refund_intents) - set(number_of_intent)
     number_of_intent.update(_numbers_by_intent(session, unnamed))
@@ -451,7 +444,9 @@ def _gather(session: DbSession, reader: StripeReader, since: Mapping[str, int | 
             payment = reader.invoice_payment(invoice)
             work.setdefault(number, OrderWork()).payments[payment.stripe_object] = payment
     for refund in objects["refunds"]:
-        number = _number(refund) or number_of_intent.get(_id(refund.get("payment_intent")) or "")
+        number = _number(refund) or number_of_intent.get(
+            stripe_id(refund.get("payment_intent")) or ""
+        )
         if number is None:
             if refund.get("status") == "succeeded":
                 orphans.append((None, refund))
@@ -574,57 +569,51 @@ def _settle_payment(
     if not payment.paid and paid_in_shop and ours:
         # The list may be older than the webhook that marked the order paid: ask again.
         payment = reader.fresh(payment)
+
+    def found(
+        kind: DiscrepancyKind,
+        detail: str,
+        status: DiscrepancyStatus = DiscrepancyStatus.OPEN,
+    ) -> bool:
+        return _record(
+            session,
+            kind,
+            payment.stripe_object,
+            order=order,
+            status=status,
+            shop_fen=order.total_fen,
+            stripe_fen=payment.amount_fen if payment.paid else 0,
+            currency=payment.currency or None,
+            detail=detail,
+        )
+
+    unmarked = "。" if paid_in_shop else "；订单未标记为已付款。"
     if not payment.paid:
         if paid_in_shop and ours and not _paid_by_transfer(session, order):
-            report.discrepancies_opened += _record(
-                session,
+            report.discrepancies_opened += found(
                 DiscrepancyKind.PAID_IN_SHOP_ONLY,
-                payment.stripe_object,
-                order=order,
-                shop_fen=order.total_fen,
-                stripe_fen=0,
-                currency=payment.currency or None,
-                detail=f"商城中订单已付款（{_yuan(order.total_fen)}），"
+                f"商城中订单已付款（{_yuan(order.total_fen)}），"
                 f"Stripe 上的 {payment.stripe_object} 却未收款。",
             )
         return
     if payment.out_of_band:
         if not paid_in_shop:
-            report.discrepancies_opened += _record(
-                session,
+            report.discrepancies_opened += found(
                 DiscrepancyKind.PAID_AT_STRIPE_ONLY,
-                payment.stripe_object,
-                order=order,
-                shop_fen=order.total_fen,
-                stripe_fen=payment.amount_fen,
-                currency=payment.currency,
-                detail="Stripe 上的发票被标记为线下已付，但商城没有登记对公转账。",
+                "Stripe 上的发票被标记为线下已付，但商城没有登记对公转账。",
             )
         return
     if payment.currency != order.currency:
-        report.discrepancies_opened += _record(
-            session,
+        report.discrepancies_opened += found(
             DiscrepancyKind.CURRENCY_DIFFERS,
-            payment.stripe_object,
-            order=order,
-            shop_fen=order.total_fen,
-            stripe_fen=payment.amount_fen,
-            currency=payment.currency,
-            detail=f"Stripe 以 {payment.currency.upper()} 收款，订单币种为 "
-            f"{order.currency.upper()}" + ("。" if paid_in_shop else "；订单未标记为已付款。"),
+            f"Stripe 以 {payment.currency.upper()} 收款，订单币种为 "
+            f"{order.currency.upper()}{unmarked}",
         )
         return
     if payment.amount_fen != order.total_fen:
-        report.discrepancies_opened += _record(
-            session,
+        report.discrepancies_opened += found(
             DiscrepancyKind.AMOUNT_DIFFERS,
-            payment.stripe_object,
-            order=order,
-            shop_fen=order.total_fen,
-            stripe_fen=payment.amount_fen,
-            currency=payment.currency,
-            detail=f"Stripe 收款 {_yuan(payment.amount_fen)}，订单应付 "
-            f"{_yuan(order.total_fen)}" + ("。" if paid_in_shop else "；订单未标记为已付款。"),
+            f"Stripe 收款 {_yuan(payment.amount_fen)}，订单应付 {_yuan(order.total_fen)}{unmarked}",
         )
         return
     if order.status == Status.AWAITING_PAYMENT:
@@ -637,16 +626,10 @@ def _settle_payment(
             paid_at=payment.paid_at,
         ):
             report.repaired += 1
-            _record(
-                session,
+            found(
                 DiscrepancyKind.PAID_AT_STRIPE_ONLY,
-                payment.stripe_object,
-                order=order,
-                status=DiscrepancyStatus.REPAIRED,
-                shop_fen=order.total_fen,
-                stripe_fen=payment.amount_fen,
-                currency=payment.currency,
-                detail="Stripe 已收款但商城未收到支付通知；对账已将订单标记为已付款并记入台账。",
+                "Stripe 已收款但商城未收到支付通知；对账已将订单标记为已付款并记入台账。",
+                DiscrepancyStatus.REPAIRED,
             )
         return
     if paid_in_shop and ours:
@@ -655,16 +638,7 @@ def _settle_payment(
         detail = f"订单已通过其他付款支付，Stripe 上的 {payment.stripe_object} 又收款一次。"
     else:
         detail = f"Stripe 已收款，但订单状态为 {order.status}。"
-    report.discrepancies_opened += _record(
-        session,
-        DiscrepancyKind.PAID_AT_STRIPE_ONLY,
-        payment.stripe_object,
-        order=order,
-        shop_fen=order.total_fen,
-        stripe_fen=payment.amount_fen,
-        currency=payment.currency,
-        detail=detail,
-    )
+    report.discrepancies_opened += found(DiscrepancyKind.PAID_AT_STRIPE_ONLY, detail)
 
 
 def _settle_refunds(
@@ -676,7 +650,7 @@ def _settle_refunds(
     through the shop is sent and applied under the same lock, so none is half-way here.
     """
     named = {order.stripe_payment_intent_id}
-    named |= {_id(refund.get("payment_intent")) for refund in work.refunds.values()}
+    named |= {stripe_id(refund.get("payment_intent")) for refund in work.refunds.values()}
     named |= {
         p.payment_intent
         for p in work.payments.values()

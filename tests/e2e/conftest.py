@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.conftest import PASSWORD, LiveShop
 
 CHROMIUM = "/usr/bin/chromium"
 # No background traffic: this machine has no network beyond the package registries.
@@ -25,3 +27,32 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def sign_in(browser: Browser, live_shop: LiveShop) -> Iterator[Callable[..., Page]]:
+    """A signed-in page per person, each in its own browser context (its own session cookie)."""
+    contexts: list[BrowserContext] = []
+
+    def open_as(email: str, *, javascript: bool = True) -> Page:
+        context = browser.new_context(
+            base_url=live_shop.url,
+            viewport={"width": 1280, "height": 900},
+            locale="zh-CN",
+            accept_downloads=True,
+            java_script_enabled=javascript,
+        )
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto("/login")
+        page.get_by_label("邮箱").fill(email)
+        page.get_by_label("密码").fill(PASSWORD)
+        page.get_by_role("button", name="登录").click()
+        expect(page.get_by_role("button", name="退出")).to_be_visible()
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()

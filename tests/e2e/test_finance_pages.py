@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from io import BytesIO
 from pathlib import Path
@@ -15,14 +15,14 @@ from typing import Any
 import openpyxl
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 
 from shop.db import utcnow
 from shop.extensions import db
 from shop.orders.models import Order
 from shop.reconciliation.models import Discrepancy, DiscrepancyKind
 from shop.timezones import shanghai_today
-from tests.conftest import HUIZHOU_ADDRESS, PASSWORD, LiveShop, shots_dir
+from tests.conftest import HUIZHOU_ADDRESS, LiveShop, shots_dir
 
 pytestmark = pytest.mark.browser
 
@@ -30,35 +30,6 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # 40 boxes of certified tea from a cooperation county: every fen of the goods counts.
 SKU, QUANTITY = "PA-TEA-001", 40
-
-
-@pytest.fixture
-def sign_in(browser: Browser, live_shop: LiveShop) -> Iterator[Callable[..., Page]]:
-    """A signed-in page per person, each in its own browser context (its own session cookie)."""
-    contexts: list[BrowserContext] = []
-
-    def open_as(email: str, *, javascript: bool = True) -> Page:
-        context = browser.new_context(
-            base_url=live_shop.url,
-            viewport=DESKTOP,
-            locale="zh-CN",
-            accept_downloads=True,
-            java_script_enabled=javascript,
-        )
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept())
-        page.goto("/login")
-        page.get_by_label("邮箱").fill(email)
-        page.get_by_label("密码").fill(PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page.get_by_role("button", name="退出")).to_be_visible()
-        return page
-
-    yield open_as
-    for context in contexts:
-        context.close()
 
 
 def shoot(page: Page, name: str) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import func, select, update
 
 from shop.db import utcnow
@@ -21,7 +21,7 @@ from shop.demo import demo_credit_code
 from shop.extensions import db
 from shop.orders.models import Order
 from shop.timezones import shanghai_today
-from tests.conftest import PASSWORD, LiveShop, shots_dir
+from tests.conftest import LiveShop, shots_dir
 
 pytestmark = pytest.mark.browser
 
@@ -42,34 +42,6 @@ GOODS_FEN = 80 * 11800 + 50 * 5400
 # Row 3 orders 12 bags where the unit rule says multiples of 5.
 BAD_FILE = HEADER + f"PA-TEA-001,60,{CANTEEN_A}\n" + f"XR-YR-001,12,{CANTEEN_A}\n"
 DELIVERY = {"收货人": "王食堂", "电话": "13900139000", "收货地址": "江北街道云山西路 2 号 职工食堂"}
-
-
-@pytest.fixture
-def sign_in(browser: Browser, live_shop: LiveShop) -> Iterator[Callable[[str], Page]]:
-    """A signed-in page per person, each in its own browser context (its own session cookie)."""
-    contexts: list[BrowserContext] = []
-
-    def open_as(email: str) -> Page:
-        context = browser.new_context(
-            base_url=live_shop.url,
-            viewport={"width": 1280, "height": 900},
-            locale="zh-CN",
-            accept_downloads=True,
-        )
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept())
-        page.goto("/login")
-        page.get_by_label("邮箱").fill(email)
-        page.get_by_label("密码").fill(PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page.get_by_role("button", name="退出")).to_be_visible()
-        return page
-
-    yield open_as
-    for context in contexts:
-        context.close()
 
 
 def shot(page: Page, name: str) -> None:
