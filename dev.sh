@@ -2,7 +2,7 @@
 # The two set-up commands of the README:
 #   ./dev.sh demo   run the demo shop on http://127.0.0.1:5000 (SQLite, Stripe emulator, in-process tasks)
 #   ./dev.sh test   run the whole test suite (extra arguments go to pytest)
-# and for maintainers: ./dev.sh lint (ruff + mypy), ./dev.sh setup.
+# and for maintainers: ./dev.sh lint (ruff + mypy), ./dev.sh security (bandit + pip-audit), ./dev.sh setup.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -50,6 +50,30 @@ case "${1:-}" in
     if [ "$rc" = 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
     exit "$rc"
     ;;
+  security)
+    setup
+    echo "bandit: shop/ and workers/ (skips and exceptions: [tool.bandit] in pyproject.toml, # nosec lines)"
+    "$VENV/bin/bandit" -c pyproject.toml -q -r shop workers
+    report=$(mktemp)
+    set +e
+    "$VENV/bin/pip-audit" --skip-editable --progress-spinner off -f json -o "$report" >/dev/null 2>&1
+    rc=$?
+    set -e
+    # Fails on any known vulnerability; says plainly how many packages the index could not check.
+    "$VENV/bin/python" - "$report" "$rc" <<'EOF'
+import json, sys
+report, rc = json.load(open(sys.argv[1])), int(sys.argv[2])
+deps = report["dependencies"]
+vulnerable = [d for d in deps if d.get("vulns")]
+unchecked = [d for d in deps if "skip_reason" in d]
+for d in vulnerable:
+    ids = ", ".join(v["id"] for v in d["vulns"])
+    print(f"pip-audit: {d['name']} {d['version']} has known vulnerabilities: {ids}")
+print(f"pip-audit: {len(deps) - len(unchecked)} packages checked, {len(vulnerable)} vulnerable, "
+      f"{len(unchecked)} not checkable (the package index gave no vulnerability data for them)")
+sys.exit(1 if vulnerable or rc not in (0, 1) else 0)
+EOF
+    ;;
   lint)
     setup
     "$VENV/bin/ruff" check shop workers tests bench
@@ -57,7 +81,7 @@ case "${1:-}" in
     "$VENV/bin/mypy"
     ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args] | lint | setup" >&2
+    echo "usage: ./dev.sh demo | test [pytest args] | lint | security | setup" >&2
     exit 2
     ;;
 esac

@@ -10,8 +10,10 @@ from typing import Any
 INSTANCE_DIR = Path(os.environ.get("SHOP_INSTANCE_DIR", Path.cwd() / "var"))
 
 # Keys of the embedded Stripe emulator: test-mode by construction, useless against real Stripe.
-EMULATOR_SECRET_KEY = "sk_test_emulator"
-EMULATOR_WEBHOOK_SECRET = "whsec_emulator"
+# The emulator's public test key.
+EMULATOR_SECRET_KEY = "sk_test_emulator"  # nosec B105
+# The emulator's public test secret.
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator"  # nosec B105
 EMULATOR_API_BASE = "http://127.0.0.1:12111"
 
 REQUIRED_IN_PRODUCTION = (

@@ -24,7 +24,8 @@ from shop.catalog.models import (
 )
 from shop.db import DbSession
 
-DEMO_PASSWORD = "demo-password"
+# Demo accounts, printed by `shop demo`.
+DEMO_PASSWORD = "demo-password"  # nosec B105
 DEMO_ACCOUNTS = [
     ("buyer@example.com", "张小惠", Role.BUYER),
     ("admin@example.com", "李运营", Role.ADMIN),
@@ -281,7 +282,8 @@ def load_demo_sales(session: DbSession, orders: int = 60, seed: int = 2026) -> i
     skus = list(
         session.scalars(select(Product.sku).where(Product.active.is_(True)).order_by(Product.sku))
     )
-    rng = random.Random(seed)
+    # Repeatable demo data, not a secret.
+    rng = random.Random(seed)  # nosec B311
     now = utcnow()
     start_of_year = now.replace(month=1, day=1, hour=2, minute=0, second=0, microsecond=0)
     span = (now - start_of_year).total_seconds()
