@@ -25,6 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from shop.background import celery_init_app
     from shop.extensions import babel, csrf, db, login_manager
     from shop.payments.gateway import build_stripe_client
+    from shop.security import init_security
 
     db.init_app(app)
     csrf.init_app(app)
@@ -36,6 +37,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def load_user(user_id: str) -> Any:
         from shop.accounts.models import User
 
+        if "Authorization" in request.headers:
+            # A request that shows a token is that token's alone: a revoked one is refused even
+            # beside a session cookie, and the API skips its CSRF check only for such requests.
+            return None
         user = db.session.get(User, int(user_id))
         return user if user and user.active else None
 
@@ -48,10 +53,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.extensions["stripe"] = build_stripe_client(app.config)
     app.extensions["login_throttle"] = LoginThrottle(
-        app.config["RATELIMIT_STORAGE_URI"], app.config["LOGIN_RATE_LIMIT"]
+        app.config["RATELIMIT_STORAGE_URI"],
+        per_address=app.config["LOGIN_RATE_LIMIT"],
+        per_account=app.config["LOGIN_ACCOUNT_RATE_LIMIT"],
     )
     celery_init_app(app)
     _register_blueprints(app)
+    init_security(app)
 
     from shop.cli import register_commands
 

@@ -197,7 +197,7 @@ def users_group() -> None:
 @with_appcontext
 def users_create(email: str, name: str, role: str, password: str) -> None:
     """Create a user."""
-    from shop.accounts.services import create_user
+    from shop.accounts.services import audit, create_user
     from shop.errors import ShopError
     from shop.extensions import db
 
@@ -205,6 +205,15 @@ def users_create(email: str, name: str, role: str, password: str) -> None:
         user = create_user(db.session, email=email, password=password, name=name, role=Role(role))
     except ShopError as exc:
         raise click.ClickException(exc.message) from exc
+    # No signed-in person: whoever runs the command on the server; the entry says how.
+    audit(
+        db.session,
+        None,
+        "user.create",
+        f"user:{user.id}",
+        after={"email": user.email, "name": user.name, "role": user.role},
+        about={"via": "shop users create"},
+    )
     db.session.commit()
     click.echo(f"created {user.role} {user.email}")
 
@@ -350,12 +359,14 @@ def import_offline(path: str, email: str) -> None:
 
     from shop.errors import ShopError
     from shop.ledger.offline import import_offline_sales
+    from shop.spreadsheets import MAX_FILE_BYTES
 
     file = Path(path)
+    with file.open("rb") as handle:
+        # One byte over the limit is enough for the reader to refuse the file, unread.
+        data = handle.read(MAX_FILE_BYTES + 1)
     try:
-        batch, created = import_offline_sales(
-            db.session, file.read_bytes(), file.name, _finance_user(email)
-        )
+        batch, created = import_offline_sales(db.session, data, file.name, _finance_user(email))
     except ShopError as exc:
         for detail in exc.details:
             click.echo(f"  {detail.get('message') or detail}", err=True)

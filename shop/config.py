@@ -80,6 +80,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
+        # Proxies in front that set X-Forwarded-For/-Proto (1 behind one nginx); 0 trusts none.
+        "PROXY_FIX_HOPS": _int(env, "PROXY_FIX_HOPS", 0),
         "SHOP_BASE_URL": env.get("SHOP_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
         "STRIPE_SECRET_KEY": stripe_key,
         "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET", EMULATOR_WEBHOOK_SECRET),
@@ -100,8 +105,18 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "ORDER_MAX_QUANTITY": _int(env, "ORDER_MAX_QUANTITY", 10000),
         "CATALOG_PAGE_SIZE": _int(env, "CATALOG_PAGE_SIZE", 20),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        # Every attempt per client address; failed attempts per account (e-mail).
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
+        "LOGIN_ACCOUNT_RATE_LIMIT": env.get(
+            "LOGIN_ACCOUNT_RATE_LIMIT", "5 per minute; 20 per hour"
+        ),
         "API_TOKEN_DAYS": _int(env, "API_TOKEN_DAYS", 90),
+        # Largest request body: a bulk file (at most 5 MB, shop.spreadsheets) and its form.
+        # Werkzeug answers a larger one with 413 before any of it is parsed.
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 6 * 1024 * 1024),
+        # Form fields without a file: a previewed 10,000-row order travels back to be saved in
+        # one (compressed), which can pass Flask's 500 KB default; the body limit bounds it.
+        "MAX_FORM_MEMORY_SIZE": _int(env, "MAX_CONTENT_LENGTH", 6 * 1024 * 1024),
         # Shared by every web and worker process: export files, uploaded counter-sales files.
         "EXPORT_DIR": Path(env.get("EXPORT_DIR", INSTANCE_DIR / "exports")),
         "UPLOAD_DIR": Path(env.get("UPLOAD_DIR", INSTANCE_DIR / "uploads")),
@@ -126,6 +141,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "broker_transport_options": {
                 "visibility_timeout": _int(env, "CELERY_VISIBILITY_TIMEOUT", 7200)
             },
+            # Celery retries an unreachable result store 20 times, a second apart: a request
+            # waiting on a task would hang for that long before its 503. Results here are only
+            # waited for by a person (reconcile now, an upload); a lost one costs nothing.
+            "result_backend_transport_options": {"retry_policy": {"max_retries": 3}},
             "timezone": "Asia/Shanghai",
             "enable_utc": True,
         },

@@ -49,3 +49,10 @@ class Conflict(ShopError):
 class ServiceUnavailable(ShopError):
     code = "service_unavailable"
     status = 503
+
+
+class TooLarge(ShopError):
+    """A request body over MAX_CONTENT_LENGTH, refused before any of it was read."""
+
+    code = "request_entity_too_large"
+    status = 413

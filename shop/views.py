@@ -14,6 +14,14 @@ from flask_wtf.csrf import CSRFError
 from shop.accounts.models import Role
 from shop.catalog.models import Category
 
+# Far beyond any real list of pages; keeps the OFFSET a database integer.
+LAST_PAGE = 100_000
+
+
+def page_number() -> int:
+    """The `page` a list page was asked for, between 1 and LAST_PAGE."""
+    return min(max(request.args.get("page", 1, type=int) or 1, 1), LAST_PAGE)
+
 
 def yuan(fen: int | None) -> str:
     """Integer fen shown as ¥12.80; the arithmetic stays in integers."""

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
 
 from shop import create_app
+from shop.accounts import audit_sql
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from shop.db import Base
 from shop.demo import load_demo_data
@@ -100,12 +101,19 @@ def emulator_control(emulator_url: str, path: str, **payload: Any) -> Any:
 def reset_database(url: str) -> None:
     engine = create_engine(url)
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    dialect = engine.dialect.name
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+        # audit_entries refuses to be emptied: its triggers are lifted for the reset and put
+        # back with the very statements migration 0004 installs.
+        for statement in audit_sql.drop_statements(dialect):
+            conn.execute(text(statement))
+        if dialect == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
             for table in tables:
                 conn.execute(text(f"DELETE FROM {table}"))
+        for statement in audit_sql.install_statements(dialect):
+            conn.execute(text(statement))
     engine.dispose()
 
 
@@ -118,6 +126,7 @@ def make_app(database_url: str, emulator_url: str, **overrides: Any) -> Flask:
         "STRIPE_TIMEOUT_SECONDS": 2.0,
         "STRIPE_MAX_NETWORK_RETRIES": 1,
         "LOGIN_RATE_LIMIT": "1000 per minute",
+        "LOGIN_ACCOUNT_RATE_LIMIT": "1000 per minute",
         "WTF_CSRF_ENABLED": True,
         "TESTING": True,
         **overrides,

@@ -14,6 +14,7 @@ from celery import shared_task
 
 from shop.accounts.models import User
 from shop.db import utcnow
+from shop.errors import Conflict
 from shop.extensions import db
 from shop.finance.exports import run_export
 from shop.ledger import services as ledger
@@ -58,7 +59,16 @@ def close_month(month: str, user_id: int) -> dict[str, Any]:
         raise ValueError(f"no user {user_id}")
     closed = db.session.get(ClosedMonth, month)
     if closed is None:
-        closed = ledger.close_month(db.session, month, user)
+        try:
+            closed = ledger.close_month(db.session, month, user)
+        except Conflict as exc:
+            if exc.code != "month_closed":
+                raise
+            # A second copy of this task, running at the same time, closed it first.
+            db.session.rollback()
+            closed = db.session.get(ClosedMonth, month)
+            if closed is None:
+                raise
     return {"month": closed.month, "total_fen": closed.total_fen, "entries": closed.entries}
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from datetime import datetime
+
+from flask import Response, current_app, request
 from pydantic import BaseModel, Field
 
-from shop.accounts.models import User
-from shop.accounts.services import authenticate, employer_choices, issue_token, set_employer
+from shop.accounts.models import ApiToken, User
+from shop.accounts.services import (
+    employer_choices,
+    issue_token,
+    live_tokens,
+    revoke_token,
+    set_employer,
+    sign_in,
+)
 from shop.api import api_blueprint, endpoint
 from shop.extensions import db
 from shop.procurement.models import Organisation
@@ -22,6 +31,28 @@ class TokenRequest(BaseModel):
 class TokenOut(BaseModel):
     token: str
     expires_in_days: int
+
+
+class TokenInfo(BaseModel):
+    """A token without its secret: only its hash is stored, so nothing of it can be shown again."""
+
+    id: int
+    created_at: datetime
+    expires_at: datetime
+    revoked: bool
+
+    @classmethod
+    def of(cls, token: ApiToken) -> TokenInfo:
+        return cls(
+            id=token.id,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            revoked=token.revoked,
+        )
+
+
+class TokenListOut(BaseModel):
+    items: list[TokenInfo] = Field(description="my tokens that have not expired, newest first")
 
 
 class MeOut(BaseModel):
@@ -75,12 +106,38 @@ class OrganisationListOut(BaseModel):
     errors=(401, 429),
 )
 def create_token(body: TokenRequest) -> TokenOut:
-    current_app.extensions["login_throttle"].hit(request.remote_addr or "")
-    user = authenticate(db.session, body.email, body.password)
+    user = sign_in(
+        db.session,
+        current_app.extensions["login_throttle"],
+        address=request.remote_addr or "",
+        email=body.email,
+        password=body.password,
+    )
     days = current_app.config["API_TOKEN_DAYS"]
     token = issue_token(db.session, user, days=days)
     db.session.commit()
     return TokenOut(token=token, expires_in_days=days)
+
+
+@endpoint(
+    bp, "/auth/tokens", "GET", summary="My bearer tokens (never the secret)", response=TokenListOut
+)
+def list_tokens(user: User) -> TokenListOut:
+    return TokenListOut(items=[TokenInfo.of(t) for t in live_tokens(db.session, user)])
+
+
+@endpoint(
+    bp,
+    "/auth/tokens/<int:token_id>",
+    "DELETE",
+    summary="Revoke one of my bearer tokens; it is refused from then on",
+    status=204,
+    errors=(404,),
+)
+def delete_token(user: User, token_id: int) -> Response:
+    revoke_token(db.session, user, token_id)
+    db.session.commit()
+    return Response(status=204)
 
 
 @endpoint(bp, "/me", "GET", summary="Who the token or session belongs to", response=MeOut)

@@ -67,7 +67,12 @@ class ApiToken(Base):
 
 
 class AuditEntry(Base):
-    """Who changed what, for every admin and finance action."""
+    """Who changed what, when, from what to what: every admin and finance change.
+
+    `details` is {"before": {...}, "after": {...}}, without "before" for what was created, and
+    with "about" for facts about the target that the change left as they were. Append-only: the
+    database refuses UPDATE and DELETE (shop/accounts/audit_sql.py).
+    """
 
     __tablename__ = "audit_entries"
 
@@ -76,4 +81,27 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(128))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    # None: the command line or the shop itself, not a signed-in person.
+    actor: Mapped[User | None] = relationship()
+
+    @property
+    def before(self) -> dict[str, Any] | None:
+        return self.details.get("before")
+
+    @property
+    def after(self) -> dict[str, Any]:
+        """What the change left; entries written before the shape was fixed keep theirs here."""
+        if "after" in self.details:
+            return dict(self.details["after"])
+        return {k: v for k, v in self.details.items() if k not in ("before", "about")}
+
+    @property
+    def about(self) -> dict[str, Any] | None:
+        return self.details.get("about")
+
+    @property
+    def fields(self) -> list[str]:
+        """The fields named before or after the change, each once, in the order recorded."""
+        return list(dict.fromkeys([*(self.before or {}), *self.after]))

@@ -13,9 +13,11 @@ from werkzeug.wrappers import Response
 from shop.accounts.models import User
 from shop.accounts.services import (
     TooManyAttempts,
-    authenticate,
     employer_choices,
+    live_tokens,
+    revoke_token,
     set_employer,
+    sign_in,
 )
 from shop.errors import InvalidInput, Unauthorized
 from shop.extensions import db, login_manager
@@ -45,16 +47,21 @@ def login() -> Any:
         return render_template("accounts/login.html", email="", next_url=next_url)
     email = request.form.get("email", "")[:254]
     try:
-        current_app.extensions["login_throttle"].hit(request.remote_addr or "")
-    except TooManyAttempts:
-        return render_template(
+        user = sign_in(
+            db.session,
+            current_app.extensions["login_throttle"],
+            address=request.remote_addr or "",
+            email=email,
+            password=request.form.get("password", "")[:1024],
+        )
+    except TooManyAttempts as exc:
+        page = render_template(
             "accounts/login.html",
             email=email,
             next_url=next_url,
-            error=_("登录尝试过于频繁，请稍后再试。"),
-        ), 429
-    try:
-        user = authenticate(db.session, email, request.form.get("password", "")[:1024])
+            error=_("登录尝试过于频繁，请 %(seconds)s 秒后再试。", seconds=exc.retry_after),
+        )
+        return page, 429, {"Retry-After": str(exc.retry_after)}
     except Unauthorized:
         return render_template(
             "accounts/login.html", email=email, next_url=next_url, error=_("邮箱或密码不正确。")
@@ -75,7 +82,17 @@ def logout() -> Response:
 def account() -> Any:
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
-    return render_template("accounts/account.html", units=employer_choices(db.session))
+    return _account_page()
+
+
+def _account_page(**context: Any) -> str:
+    user: User = current_user._get_current_object()
+    return render_template(
+        "accounts/account.html",
+        units=employer_choices(db.session),
+        tokens=live_tokens(db.session, user),
+        **context,
+    )
 
 
 @bp.post("/account/employer")
@@ -88,11 +105,17 @@ def change_employer() -> Any:
         set_employer(db.session, user, int(raw) if raw.isdigit() else None)
     except InvalidInput:
         db.session.rollback()
-        return render_template(
-            "accounts/account.html",
-            units=employer_choices(db.session),
-            error=_("没有这个采购单位，请从列表中选择。"),
-        ), 422
+        return _account_page(error=_("没有这个采购单位，请从列表中选择。")), 422
     db.session.commit()
     flash(_("工作单位已保存。"), "success")
     return redirect(url_for("accounts.account"), code=303)
+
+
+@bp.post("/account/tokens/<int:token_id>/revoke")
+def revoke_my_token(token_id: int) -> Any:
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    revoke_token(db.session, current_user._get_current_object(), token_id)
+    db.session.commit()
+    flash(_("令牌已撤销，使用它的脚本将无法再访问。"), "success")
+    return redirect(url_for("accounts.account", _anchor="tokens"), code=303)

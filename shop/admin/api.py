@@ -1,13 +1,15 @@
-"""Admin JSON API: suppliers, certifications, products, stock and shipping."""
+"""Admin JSON API: suppliers, certifications, products, stock and shipping; the audit trail."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from shop.accounts.models import Role, User
+from shop.accounts.audit_log import READERS, AuditFilter, audit_query
+from shop.accounts.models import AuditEntry, Role, User
 from shop.admin import services
 from shop.api import api_blueprint, endpoint
 from shop.catalog.api import ProductOut
@@ -97,6 +99,8 @@ class TierIn(BaseModel):
 
 
 class ProductPatch(BaseModel):
+    """The fields to change: absent or null leaves one as it is, but null season ends clear it."""
+
     name: str | None = Field(None, min_length=1, max_length=128)
     name_en: str | None = Field(None, min_length=1, max_length=128)
     pack: str | None = Field(None, min_length=1, max_length=32)
@@ -122,7 +126,7 @@ class ShipmentIn(BaseModel):
 
 def _product_out(sku: str) -> ProductOut:
     today = shanghai_today(utcnow())
-    view = get_product(db.session, sku, today)
+    view = get_product(db.session, sku, today, include_inactive=True)
     return ProductOut.of(view, view.product.in_season(today)).with_tiers(view.product)
 
 
@@ -203,7 +207,11 @@ def create_product(user: User, body: ProductIn) -> ProductOut:
 )
 def update_product(user: User, sku: str, body: ProductPatch) -> ProductOut:
     product = services.get_product_for_update(db.session, sku)
-    changes = body.model_dump(exclude_unset=True)
+    changes = {
+        key: value
+        for key, value in body.model_dump(exclude_unset=True).items()
+        if value is not None or key in ("season_from", "season_to")
+    }
     if body.tiers is not None:
         changes["tiers"] = [(t.min_quantity, t.price_fen) for t in body.tiers]
     services.save_product(db.session, user, product, changes)
@@ -343,3 +351,82 @@ def add_member(user: User, organisation_id: int, body: MemberIn) -> Organisation
     procurement.add_member(db.session, user, organisation, **body.model_dump())
     db.session.commit()
     return OrganisationOut.of(organisation)
+
+
+# --- the audit trail ---------------------------------------------------------------------------
+
+# PostgreSQL refuses NUL in text: a filter holding one is bad input, not a server error.
+NO_NUL = r"^[^\x00]*$"
+
+
+class AuditQuery(BaseModel):
+    action: str = Field("", max_length=64, pattern=NO_NUL, description="e.g. product.update")
+    actor: str = Field("", max_length=254, pattern=NO_NUL, description="part of the actor's e-mail")
+    target: str = Field("", max_length=128, pattern=NO_NUL, description="part of the target")
+    start: date | None = Field(None, alias="from", description="first Shanghai day, included")
+    end: date | None = Field(None, alias="to", description="last Shanghai day, included")
+    page: int = Field(1, ge=1, le=100_000)
+    per_page: int = Field(50, ge=1, le=200)
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime = Field(description="when, in UTC")
+    actor_id: int | None = Field(description="None: the command line")
+    actor_email: str | None
+    actor_name: str | None
+    action: str
+    target: str
+    before: dict[str, Any] | None = Field(description="None for what was created")
+    after: dict[str, Any]
+    about: dict[str, Any] | None = Field(description="facts about the target left unchanged")
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            actor_id=entry.actor_id,
+            actor_email=entry.actor.email if entry.actor else None,
+            actor_name=entry.actor.name if entry.actor else None,
+            action=entry.action,
+            target=entry.target,
+            before=entry.before,
+            after=entry.after,
+            about=entry.about,
+        )
+
+
+class AuditPageOut(BaseModel):
+    items: list[AuditEntryOut]
+    page: int
+    per_page: int
+    total: int
+
+
+@endpoint(
+    bp,
+    "/admin/audit",
+    "GET",
+    summary="The audit trail of staff changes, newest first (read-only)",
+    query=AuditQuery,
+    response=AuditPageOut,
+    roles=READERS,
+)
+def audit_log(user: User, query: AuditQuery) -> AuditPageOut:
+    filters = AuditFilter(
+        action=query.action,
+        actor_email=query.actor,
+        target=query.target,
+        start=query.start,
+        end=query.end,
+    )
+    page = db.paginate(
+        audit_query(filters), page=query.page, per_page=query.per_page, error_out=False
+    )
+    return AuditPageOut(
+        items=[AuditEntryOut.of(entry) for entry in page.items],
+        page=query.page,
+        per_page=query.per_page,
+        total=page.total or 0,
+    )

@@ -48,7 +48,19 @@ def create_supplier(
     )
     session.add(supplier)
     session.flush()
-    audit(session, actor, "supplier.create", f"supplier:{supplier.id}", credit_code=code)
+    audit(
+        session,
+        actor,
+        "supplier.create",
+        f"supplier:{supplier.id}",
+        after={
+            "name": supplier.name,
+            "credit_code": code,
+            "county": county,
+            "contact": contact,
+            "households_lifted": households_lifted,
+        },
+    )
     return supplier
 
 
@@ -77,9 +89,12 @@ def add_certification(
         actor,
         "certification.create",
         f"supplier:{supplier.id}",
-        number=number,
-        valid_from=valid_from.isoformat(),
-        valid_to=valid_to.isoformat(),
+        after={
+            "number": certification.number,
+            "valid_from": valid_from,
+            "valid_to": valid_to,
+        },
+        about={"supplier": supplier.name},
     )
     return certification
 
@@ -135,7 +150,8 @@ def save_product(
         problems += _tier_problems(tiers)
     if problems:
         raise InvalidInput("商品信息有误。", details=problems)
-    before = {key: getattr(product, key) for key in changes} if product else {}
+    created = product is None
+    before = {key: getattr(product, key) for key in changes} if product else None
     if product is None:
         product = Product(**changes)
         session.add(product)
@@ -143,8 +159,9 @@ def save_product(
         for key, value in changes.items():
             setattr(product, key, value)
     if tiers is not None:
-        if product.tiers:
+        if before is not None:
             before["tiers"] = [[t.min_quantity, t.price_fen] for t in product.tiers]
+        if product.tiers:
             product.tiers = []
             session.flush()  # the old tiers go before the new ones meet the same quantities
         product.tiers = [TierPrice(min_quantity=q, price_fen=p) for q, p in sorted(tiers)]
@@ -153,7 +170,7 @@ def save_product(
     audit(
         session,
         actor,
-        "product.create" if not before else "product.update",
+        "product.create" if created else "product.update",
         f"product:{product.sku}",
         before=before,
         after=changes,

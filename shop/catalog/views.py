@@ -11,7 +11,7 @@ from shop.db import utcnow
 from shop.errors import InvalidInput, NotFound
 from shop.extensions import db
 from shop.timezones import shanghai_today
-from shop.views import html_blueprint
+from shop.views import html_blueprint, page_number
 
 bp = html_blueprint("catalog", __name__)
 
@@ -22,7 +22,7 @@ def index() -> str:
     county = request.args.get("county", "").strip() or None
     category = request.args.get("category", "").strip() or None
     q = request.args.get("q", "").strip()[:64] or None
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = page_number()
     try:
         found = search_products(
             db.session,

@@ -2,7 +2,8 @@
 
 Both reports end in a 合计 row that is the sum of the rows above it (the detail's sums the counted
 entries only), so a file always adds up to the totals finance sees (SPEC §5 rule 7). Every text
-cell that a spreadsheet would read as a formula is neutralised with a leading apostrophe.
+cell that a spreadsheet would read as a formula is neutralised with a leading apostrophe
+(shop.spreadsheets), in CSV, in xlsx and in SQL alike; amounts stay numbers, negative or not.
 
 The detail report streams: on PostgreSQL the CSV is produced by `COPY (SELECT …) TO STDOUT`, with
 the formatting and the neutralisation done in SQL; elsewhere, and for xlsx, rows are fetched in
@@ -42,6 +43,7 @@ from shop.finance.models import ExportJob, ExportStatus
 from shop.ledger.models import LedgerEntry
 from shop.ledger.services import Totals, count_orders, parse_group_by, totals
 from shop.procurement.models import Organisation
+from shop.spreadsheets import FORMULA_CODES, neutralised, xlsx_text
 from shop.timezones import SHANGHAI, shanghai_today
 
 log = logging.getLogger(__name__)
@@ -72,17 +74,9 @@ GROUP_HEADERS = {
 SOURCE_LABELS = {"payment": "支付", "refund": "退款", "offline": "线下专柜"}
 CHANNEL_LABELS = {"online": "线上商城", "unit": "单位采购", "offline": "线下专柜"}
 YES, NO = "是", "否"
-# What Excel, LibreOffice and WPS would start a formula (or DDE payload) with.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-FORMULA_CODES = [ord(char) for char in FORMULA_STARTS]
 # Rows fetched per round trip when formatting here: about 3 MB of Python objects.
 BATCH_ROWS = 1000
 COPY_CHUNK_BYTES = 1 << 20
-
-
-def neutralised(text: str) -> str:
-    """Text a spreadsheet shows as it is, never runs: a formula-like start gets an apostrophe."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def yuan_text(fen: int) -> str:
@@ -282,7 +276,7 @@ def _xlsx_value(kind: str, value: Any) -> Any:
     if kind == "amount":
         return yuan_number(value)
     if kind == "text":
-        return neutralised(str(value))
+        return xlsx_text(str(value))
     return value
 
 
@@ -473,7 +467,7 @@ def _xlsx_cells(sheet: WriteOnlyWorksheet) -> list[Callable[[Any], Any]]:
         if kind == "day":
             return lambda value: _styled(sheet, value, "yyyy-mm-dd")
         if kind == "text":
-            return lambda value: neutralised(value) if value else None
+            return lambda value: xlsx_text(value) if value else None
         return _csv_formatter(kind)
 
     return [for_kind(kind) for _header, kind, _name in DETAIL_COLUMNS]
@@ -559,7 +553,9 @@ def start_export(
     from workers.tasks import export
 
     try:
-        export.delay(job_id)
+        # Nobody waits for the result (the job row says how it went): asking for one would
+        # subscribe to the result store first, which fails otherwise than the broker does.
+        export.apply_async((job_id,), ignore_result=True)
     except OperationalError as exc:
         log.exception("could not enqueue export %s", job_id)
         _finish(session, session.get(ExportJob, job_id), ExportStatus.FAILED, "无法排队。")

@@ -1,7 +1,7 @@
 """Counter sales (消费帮扶专柜) imported from CSV or xlsx as `offline` ledger entries.
 
-A file is read with the bulk-order reader (encodings, xlsx, size limits), every row is checked
-against the catalogue, and only a file without a single bad row is written: its import, one
+A file is read by shop.spreadsheets (encodings, xlsx, limits, as bulk orders are), every row is
+checked against the catalogue, and only a file without a single bad row is written: its import, one
 counter sale per row and one ledger entry per sale, in one transaction. The file's SHA-256 is
 unique, so the same file imported again writes nothing.
 """
@@ -43,17 +43,14 @@ from shop.ledger.models import (
 from shop.ledger.services import booking_day, closed_months
 from shop.ledger.sql import lock_ledger
 from shop.orders.models import Channel, Funding
-from shop.procurement.bulk import (
-    HEADER_SEARCH_ROWS,
+from shop.procurement.bulk import HEADER_SEARCH_ROWS, _normalised_header, _quantity, _shown
+from shop.spreadsheets import (
     MAX_ROWS,
     ZIP_MAGIC,
     BulkFileError,
     Problem,
     Record,
-    _cell_text,
-    _normalised_header,
-    _quantity,
-    _shown,
+    cell_text,
     read_records,
 )
 from shop.timezones import SHANGHAI, shanghai_today
@@ -115,7 +112,7 @@ class SaleRow:
     headers: dict[str, str]
 
     def text(self, name: str) -> str:
-        return _cell_text(self.cells.get(name))
+        return cell_text(self.cells.get(name))
 
     def column(self, name: str) -> str:
         return self.headers.get(name, HEADER_NAMES[name][0][0])
@@ -172,7 +169,7 @@ def read_sale_rows(filename: str, data: bytes) -> list[SaleRow]:
                 name: cells[position] if position < len(cells) else None
                 for name, position in index.items()
             }
-            if not any(_cell_text(value) for value in values.values()):
+            if not any(cell_text(value) for value in values.values()):
                 continue
             if len(rows) == MAX_ROWS:
                 raise BulkFileError(
@@ -196,7 +193,7 @@ def _find_header(filename: str, records: Iterator[Record]) -> tuple[dict[str, st
         index: dict[str, int] = {}
         headers: dict[str, str] = {}
         for position, cell in enumerate(cells):
-            text = _cell_text(cell)
+            text = cell_text(cell)
             name = HEADER_ALIASES.get(_normalised_header(text))
             if name is not None and name not in index:  # the first of two same-named wins
                 index[name] = position
@@ -369,7 +366,7 @@ def _sale_date(row: SaleRow, today: date, refuse: Refuse) -> date | None:
     elif isinstance(value, date):
         day = value
     else:
-        text = unicodedata.normalize("NFKC", _cell_text(value)).strip()
+        text = unicodedata.normalize("NFKC", cell_text(value)).strip()
         if not text:
             refuse("date", "日期为空。")
             return None
@@ -449,17 +446,28 @@ def _amount(row: SaleRow, refuse: Refuse) -> int | None:
     if amount is None or not amount.is_finite():
         refuse("amount", f"金额「{_shown(raw)}」不是数字。")
         return None
-    exponent = amount.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2:
+    if _decimal_places(amount) > 2:
         refuse("amount", f"金额「{_shown(raw)}」超过两位小数（以元为单位，精确到分）。")
         return None
     if amount <= 0:
         refuse("amount", f"金额必须大于 0，填写的是 {_shown(raw)}。")
         return None
-    if amount * 100 > MAX_AMOUNT_FEN:
+    # Compared, not multiplied: 1e999999999 × 100 would overflow the decimal context.
+    if amount > Decimal(MAX_AMOUNT_FEN).scaleb(-2):
         refuse("amount", f"金额 {_shown(raw)} 元超过单行上限 {MAX_AMOUNT_FEN // 100} 元。")
         return None
-    return int(amount * 100)
+    return int(amount.scaleb(2))
+
+
+def _decimal_places(amount: Decimal) -> int:
+    """Places after the point once trailing zeros are dropped (1.50 has 1), worked out exactly.
+
+    Decimal.normalize() would round to the context: 1e-999999999 became 0 and passed as 0 fen.
+    """
+    _sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # the amount is finite
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing_zeros))
 
 
 def _sale_quantity(row: SaleRow, refuse: Refuse) -> int | None:
@@ -582,10 +590,12 @@ def import_offline_sales(
         actor,
         "ledger.import_offline",
         f"offline_import:{batch.id}",
-        filename=filename,
-        sha256=batch.sha256,
-        rows=batch.rows,
-        total_fen=batch.total_fen,
+        after={
+            "filename": filename,
+            "sha256": batch.sha256,
+            "rows": batch.rows,
+            "total_fen": batch.total_fen,
+        },
     )
     session.commit()
     return batch, True

@@ -833,7 +833,21 @@ def close_month(
     total, count = _month_figures(session, first, last)
     closed = ClosedMonth(month=month, closed_by=actor.id, total_fen=total, entries=count)
     session.add(closed)
-    audit(session, actor, "ledger.close_month", month, total_fen=total, entries=count)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Closed at the same moment by another request or a second copy of the task: both
+        # passed the check above before either committed (SHARE does not exclude SHARE).
+        session.rollback()
+        raise Conflict(f"{month} 已经结账。", code="month_closed") from None
+    audit(
+        session,
+        actor,
+        "ledger.close_month",
+        month,
+        before={"closed": False},
+        after={"closed": True, "total_fen": total, "entries": count},
+    )
     session.commit()
     return closed
 

@@ -185,7 +185,7 @@ def show_order(user: User, number: str) -> OrderOut:
     "POST",
     summary="Cancel an unpaid order",
     response=OrderOut,
-    errors=(404, 409, 503),
+    errors=(403, 404, 409, 503),
 )
 def cancel_order(user: User, number: str) -> OrderOut:
     order = visible_order(db.session, user, number, lock=True)

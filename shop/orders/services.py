@@ -330,7 +330,13 @@ def visible_order(session: DbSession, user: User, number: str, *, lock: bool = F
 
 
 def cancellation_reason(order: Order, user: User) -> str:
-    """Why `user` may cancel `order` (the buyer or operations); Forbidden for anyone else."""
+    """Why `user` may cancel `order` (the buyer or operations); Forbidden for anyone else.
+
+    Never a unit order: its Stripe invoice is voided only by the unit's approver rejecting it or
+    by finance cancelling it once overdue, so cancelling it here would leave the invoice payable.
+    """
+    if order.channel == Channel.UNIT:
+        raise Forbidden("单位订单不能在此取消：待审批的由审批人驳回，逾期未付的由财务取消。")
     if order.user_id == user.id:
         return "买家取消"
     if user.has_role(Role.ADMIN):
@@ -360,6 +366,7 @@ def mark_shipped(
             "请填写承运商和运单号。",
             details=[{"field": "carrier"}, {"field": "tracking_number"}],
         )
+    before = {"status": order.status}
     transition(session, order, Status.SHIPPED, actor=actor, reason=f"{carrier} {tracking_number}")
     order.carrier = carrier.strip()
     order.tracking_number = tracking_number.strip()
@@ -368,8 +375,12 @@ def mark_shipped(
         actor,
         "order.ship",
         order.number,
-        carrier=order.carrier,
-        tracking_number=order.tracking_number,
+        before=before,
+        after={
+            "status": order.status,
+            "carrier": order.carrier,
+            "tracking_number": order.tracking_number,
+        },
     )
 
 

@@ -14,9 +14,9 @@ from werkzeug.wrappers import Response
 from shop.accounts.models import Role, User
 from shop.catalog.models import District, Product
 from shop.db import utcnow
-from shop.errors import InvalidInput, ShopError
+from shop.errors import Forbidden, InvalidInput, ShopError
 from shop.extensions import db
-from shop.orders.models import Order, Status
+from shop.orders.models import Channel, Order, Status
 from shop.orders.services import (
     HUIZHOU,
     Address,
@@ -266,7 +266,9 @@ def confirmation(number: str) -> str:
 def _order_actions(order: Order) -> dict[str, bool]:
     user: User = current_user._get_current_object()
     awaiting = order.status == Status.AWAITING_PAYMENT
-    may_cancel = order.user_id == user.id or user.has_role(Role.ADMIN)
+    may_cancel = order.channel != Channel.UNIT and (
+        order.user_id == user.id or user.has_role(Role.ADMIN)
+    )
     return {
         "can_pay": awaiting and order.user_id == user.id and bool(order.checkout_url),
         "can_cancel": may_cancel and order.status in (Status.AWAITING_PAYMENT, Status.DRAFT),
@@ -279,6 +281,8 @@ def cancel(number: str) -> Response:
     order = _visible_order(number, lock=True)
     try:
         cancel_order(db.session, stripe_client(), order, current_user._get_current_object())
+    except Forbidden:
+        raise  # someone who may not cancel it gets the 403 page, not a flash
     except ShopError as exc:
         db.session.rollback()
         flash(exc.message, "error")

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
     "POST",
     summary="Stripe webhook (Stripe-Signature verified)",
     roles=None,
-    errors=(400,),
+    signed="Stripe-Signature",
 )
 def stripe_webhook() -> Any:
     try:

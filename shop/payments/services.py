@@ -219,8 +219,18 @@ def expire_unpaid_orders(session: DbSession, client: stripe.StripeClient, now: d
 def cancel_order(session: DbSession, client: stripe.StripeClient, order: Order, user: User) -> None:
     """The buyer (or operations) cancels an unpaid order; refused once it is paid."""
     reason = cancellation_reason(order, user)
+    before = {"status": order.status}
     if not cancel_unpaid(session, client, order, actor=user, reason=reason):
         raise AlreadyPaid(f"订单 {order.number} 已支付，不能取消。")
+    if order.user_id != user.id:
+        audit(
+            session,
+            user,
+            "order.cancel",
+            order.number,
+            before=before,
+            after={"status": order.status, "reason": reason},
+        )
 
 
 # --- payments ---------------------------------------------------------------------------------
@@ -470,14 +480,22 @@ def refund(
             code="not_paid_through_stripe",
         )
     refund_row = plan_refund(order, amount_fen=amount_fen, lines=lines, actor=actor, reason=reason)
+    before = {"status": order.status, "refunded_fen": order.refunded_fen}
     order.refunds.append(refund_row)
+    session.flush()
     audit(
         session,
         actor,
         "order.refund",
         order.number,
-        amount_fen=refund_row.amount_fen,
-        kind=refund_row.kind,
+        before=before,
+        after={
+            "refund_id": refund_row.id,
+            "kind": refund_row.kind,
+            "amount_fen": refund_row.amount_fen,
+            "lines": [[rl.order_line.sku, rl.quantity] for rl in refund_row.lines],
+            "reason": refund_row.reason,
+        },
     )
     session.commit()
     order = get_order(session, number, lock=True)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import re
 import unicodedata
-import zipfile
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date
 from operator import attrgetter
 from typing import Any
 
-import openpyxl
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -24,22 +19,25 @@ from shop.catalog.models import District, Product, Supplier
 from shop.db import DbSession
 from shop.errors import InvalidInput
 from shop.orders.services import PHONE
+from shop.spreadsheets import MAX_FILE_BYTES as MAX_FILE_BYTES
+from shop.spreadsheets import (
+    MAX_ROWS,
+    Problem,
+    Record,
+    cell_text,
+    file_error,
+    read_records,
+)
+from shop.spreadsheets import MAX_UNPACKED_BYTES as MAX_UNPACKED_BYTES
+from shop.spreadsheets import BulkFileError as BulkFileError
 
-MAX_FILE_BYTES = 5 * 1024 * 1024
-MAX_ROWS = 10_000
-# A 10,000-row order unpacks to a few MB of XML; far more is a zip bomb, not an order. openpyxl
-# holds the shared strings in memory, so this also bounds what a file can make us allocate.
-MAX_UNPACKED_BYTES = 50 * 1024 * 1024
 # How far down a title block may push the header row.
 HEADER_SEARCH_ROWS = 10
-ENCODINGS = ("utf-8-sig", "gb18030")
-DECODE_CHUNK_BYTES = 64 * 1024
-SNIFF_CHARS = 16 * 1024
 SHOWN_CHARS = 40  # of a cell quoted in a message; SKUs have up to 32
+# What an order address holds (order_addresses.name and .detail).
+MAX_RECIPIENT_CHARS = 64
+MAX_ADDRESS_CHARS = 256
 
-ZIP_MAGIC = b"PK\x03\x04"
-OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the pre-2007 .xls (and .doc) container
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 QUANTITY = re.compile(r"[+-]?\d+", re.ASCII)
 QUICK_SEPARATOR = re.compile(r"[\s,，]+")
 
@@ -109,30 +107,6 @@ class BulkRow:
 
 
 @dataclass(frozen=True)
-class Problem:
-    row: int | None
-    column: str | None
-    message: str
-
-    def as_detail(self) -> dict[str, Any]:
-        return {"row": self.row, "column": self.column, "message": self.message}
-
-
-class BulkFileError(InvalidInput):
-    """The file as a whole cannot be read; nothing in it was looked at row by row."""
-
-    code = "invalid_file"
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__(problems[0].message, details=[p.as_detail() for p in problems])
-        self.problems = problems
-
-
-def _file_error(message: str, row: int | None = None) -> BulkFileError:
-    return BulkFileError([Problem(row, None, message)])
-
-
-@dataclass(frozen=True)
 class PricedLine:
     row: int
     product: Product
@@ -147,9 +121,6 @@ class PricedLine:
 
 # --- reading ---------------------------------------------------------------------------------
 
-Record = tuple[int, Sequence[Any]]
-Records = Generator[Record, None, None]
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -162,32 +133,12 @@ class Layout:
 def read_bulk_file(filename: str, data: bytes) -> list[BulkRow]:
     """Read an uploaded order file into rows, or raise BulkFileError saying why it can't be read.
 
-    The format is told from the content (a zip is .xlsx, anything else must be CSV text);
-    `filename` only makes messages clearer.
+    The format is told from the content (a zip is .xlsx, anything else must be CSV text), and
+    the file's name must agree with it (see shop.spreadsheets).
     """
     records = read_records(filename, data)
     with closing(records):
         return _bulk_rows(filename, records)
-
-
-def read_records(filename: str, data: bytes) -> Records:
-    """The rows of an uploaded CSV or .xlsx file, numbered as Excel numbers them.
-
-    An empty or oversized file is refused at once, one in neither format as its rows are read
-    (BulkFileError either way). Counter-sales files are read through this too.
-    """
-    if not data:
-        raise _file_error(f"文件 {filename} 是空的。")
-    if len(data) > MAX_FILE_BYTES:
-        raise _file_error(
-            f"文件 {filename} 有 {len(data) / 1024 / 1024:.1f} MB，"
-            f"超过了 {MAX_FILE_BYTES // 1024 // 1024} MB 的上限，请分成几个文件上传。"
-        )
-    return (
-        _xlsx_records(filename, data)
-        if data.startswith(ZIP_MAGIC)
-        else _csv_records(filename, data)
-    )
 
 
 def _bulk_rows(filename: str, records: Iterator[Record]) -> list[BulkRow]:
@@ -198,12 +149,12 @@ def _bulk_rows(filename: str, records: Iterator[Record]) -> list[BulkRow]:
         if row is None:
             continue
         if len(rows) == MAX_ROWS:
-            raise _file_error(
+            raise file_error(
                 f"文件 {filename} 超过 {MAX_ROWS} 行订单，请分成几个文件上传。", row=number
             )
         rows.append(row)
     if not rows:
-        raise _file_error(f"文件 {filename} 只有表头，没有订单行。")
+        raise file_error(f"文件 {filename} 只有表头，没有订单行。")
     return rows
 
 
@@ -212,7 +163,7 @@ def _find_header(filename: str, records: Iterator[Record]) -> Layout:
     seen: set[str] = set()
     anything = False
     for number, cells in records:
-        texts = [_cell_text(cell) for cell in cells]
+        texts = [cell_text(cell) for cell in cells]
         anything = anything or any(texts)
         layout = _layout(texts)
         if all(name in layout.index for name in REQUIRED_FIELDS):
@@ -221,12 +172,12 @@ def _find_header(filename: str, records: Iterator[Record]) -> Layout:
         if number >= HEADER_SEARCH_ROWS:
             break
     if not anything:
-        raise _file_error(f"文件 {filename} 是空的。")
+        raise file_error(f"文件 {filename} 是空的。")
     if "sku" in seen and "quantity" not in seen:
-        raise _file_error(f"文件 {filename} 的表头缺少「数量」列。")
+        raise file_error(f"文件 {filename} 的表头缺少「数量」列。")
     if "quantity" in seen and "sku" not in seen:
-        raise _file_error(f"文件 {filename} 的表头缺少「商品编码」（SKU）列。")
-    raise _file_error(
+        raise file_error(f"文件 {filename} 的表头缺少「商品编码」（SKU）列。")
+    raise file_error(
         f"文件 {filename} 的前 {HEADER_SEARCH_ROWS} 行中找不到同时含「商品编码」和「数量」的"
         "表头行，请使用下载的模板。"
     )
@@ -246,7 +197,7 @@ def _layout(texts: Sequence[str]) -> Layout:
 def _bulk_row(number: int, cells: Sequence[Any], layout: Layout) -> BulkRow | None:
     """The row's recognised cells, or None when all of them are blank (notes-only rows too)."""
     texts = {
-        name: _cell_text(cells[position]) if position < len(cells) else ""
+        name: cell_text(cells[position]) if position < len(cells) else ""
         for name, position in layout.index.items()
     }
     if not any(texts.values()):
@@ -263,98 +214,6 @@ def _bulk_row(number: int, cells: Sequence[Any], layout: Layout) -> BulkRow | No
     )
 
 
-def _cell_text(value: Any) -> str:
-    if value is None:
-        return ""
-    # Excel stores every number as a float: 50 comes back as 50.0, a phone as 13800138000.0.
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _xlsx_records(filename: str, data: bytes) -> Records:
-    """The first sheet's rows, numbered as Excel numbers them; formulas are never evaluated."""
-    _check_unpacked_size(filename, data)
-    try:
-        # data_only: a formula cell yields the value Excel cached for it, or None; never code.
-        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as exc:  # a damaged or foreign zip fails in many ways inside openpyxl
-        raise _file_error(f"文件 {filename} 不是有效的 Excel (.xlsx) 文件。") from exc
-    try:
-        if not workbook.worksheets:
-            raise _file_error(f"文件 {filename} 中没有工作表。")
-        sheet = workbook.worksheets[0]
-        # Some writers record a wrong sheet size; reading to the real end keeps no row out.
-        sheet.reset_dimensions()
-        # min_row=1 makes openpyxl yield the rows a sheet leaves out, so numbering stays true.
-        yield from enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1)
-    finally:
-        workbook.close()
-
-
-def _check_unpacked_size(filename: str, data: bytes) -> None:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile as exc:
-        raise _file_error(f"文件 {filename} 不是有效的 Excel (.xlsx) 文件。") from exc
-    # zipfile never inflates a member past its declared size, so the sum is a real bound.
-    if unpacked > MAX_UNPACKED_BYTES:
-        raise _file_error(f"文件 {filename} 解压后过大，不像是一份订单，请检查文件。")
-
-
-def _csv_records(filename: str, data: bytes) -> Records:
-    """CSV rows numbered as Excel shows them: one row per record, even with line breaks inside."""
-    encoding = _text_encoding(filename, data)
-    text = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
-    delimiter = _delimiter(text.read(SNIFF_CHARS))
-    text.seek(0)
-    # Only the delimiter is sniffed: Excel and WPS always quote with '"', and a sniffed quote
-    # character could be fooled by an apostrophe in an injected formula.
-    yield from enumerate(csv.reader(text, delimiter=delimiter), start=1)
-
-
-def _text_encoding(filename: str, data: bytes) -> str:
-    if data.startswith(OLE2_MAGIC):
-        raise _file_error(
-            f"文件 {filename} 是旧版 Excel (.xls) 格式，请另存为 .xlsx 或 CSV 后再上传。"
-        )
-    if data.startswith(UTF16_BOMS):
-        raise _file_error(
-            f"文件 {filename} 是 UTF-16 编码的文本，请在 Excel 或 WPS 中另存为"
-            "「CSV UTF-8」或 .xlsx 后再上传。"
-        )
-    if b"\x00" in data:  # text in either accepted encoding never holds a NUL byte
-        raise _file_error(f"文件 {filename} 不是 CSV 或 Excel (.xlsx) 文件。")
-    for encoding in ENCODINGS:
-        if _decodes(data, encoding):
-            return encoding
-    raise _file_error(
-        f"无法识别文件 {filename} 的文字编码：只接受 UTF-8 或 GBK 编码的 CSV，"
-        "请在 Excel 或 WPS 中另存为「CSV UTF-8」或 .xlsx 后再上传。"
-    )
-
-
-def _decodes(data: bytes, encoding: str) -> bool:
-    """Whether all of `data` is valid in `encoding`, decoded in chunks that are then dropped."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    view = memoryview(data)
-    try:
-        for start in range(0, len(view), DECODE_CHUNK_BYTES):
-            decoder.decode(view[start : start + DECODE_CHUNK_BYTES])
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _delimiter(sample: str) -> str:
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",\t;").delimiter
-    except csv.Error:  # one column, or nothing to tell from: Excel's default
-        return ","
-
-
 def parse_quick_order(text: str) -> list[BulkRow]:
     """Pasted lines of "SKU quantity" (space, tab, comma or "，" between); row = line number.
 
@@ -367,10 +226,10 @@ def parse_quick_order(text: str) -> list[BulkRow]:
         if not fields[0] or _is_header(fields):
             continue
         if len(rows) == MAX_ROWS:
-            raise _file_error(f"一次最多粘贴 {MAX_ROWS} 行，请分几次下单。", row=number)
+            raise file_error(f"一次最多粘贴 {MAX_ROWS} 行，请分几次下单。", row=number)
         rows.append(BulkRow(number, fields[0], fields[1] if len(fields) > 1 else ""))
     if not rows:
-        raise _file_error("没有粘贴任何商品。")
+        raise file_error("没有粘贴任何商品。")
     return rows
 
 
@@ -549,6 +408,14 @@ def _delivery_problems(row: BulkRow, districts: set[str]) -> list[Problem]:
             for value, column in required
             if not value
         ]
+    problems += [
+        _problem(row, column, f"{column}超过 {limit} 个字，请缩短。")
+        for value, column, limit in (
+            (row.recipient, columns.recipient, MAX_RECIPIENT_CHARS),
+            (row.address, columns.address, MAX_ADDRESS_CHARS),
+        )
+        if value and len(value) > limit
+    ]
     if row.phone and not PHONE.match(row.phone):
         problems.append(
             _problem(

@@ -123,7 +123,24 @@ def create_organisation(
     )
     session.add(organisation)
     session.flush()
-    audit(session, actor, "organisation.create", f"organisation:{organisation.id}", name=name)
+    audit(
+        session,
+        actor,
+        "organisation.create",
+        f"organisation:{organisation.id}",
+        after={
+            "name": organisation.name,
+            "type": organisation.type,
+            "credit_code": organisation.credit_code,
+            "district": district,
+            "reserved_target_fen": organisation.reserved_target_fen,
+            "invoice_title": organisation.invoice_title,
+            "tax_id": organisation.tax_id,
+            "default_funding": organisation.default_funding,
+            "payment_terms_days": organisation.payment_terms_days,
+            "dual_approval_above_fen": organisation.dual_approval_above_fen,
+        },
+    )
     return organisation
 
 
@@ -143,12 +160,14 @@ def add_member(
             "成员角色应为 requester、approver 或 finance_viewer。", details=[{"field": "role"}]
         )
     user = session.scalar(select(User).where(User.email == normalise_email(email)))
+    account_created = user is None
     if user is None:
         if password is None:
             raise NotFound(f"没有邮箱为 {email} 的用户；新用户请同时给出姓名和初始密码。")
         user = create_user(session, email=email, password=password, name=name or email)
     if any(m.user_id == user.id and m.role == role for m in organisation.members):
         raise Conflict("该成员已有此角色。", code="duplicate_member")
+    roles_before = sorted(m.role for m in organisation.members if m.user_id == user.id)
     membership = Membership(organisation=organisation, user_id=user.id, role=role)
     session.add(membership)
     session.flush()
@@ -157,8 +176,13 @@ def add_member(
         actor,
         "organisation.member",
         f"organisation:{organisation.id}",
-        email=user.email,
-        role=role,
+        before={"email": user.email, "roles": roles_before},
+        after={
+            "email": user.email,
+            "roles": sorted([*roles_before, role]),
+            "account_created": account_created,
+        },
+        about={"organisation": organisation.name},
     )
     return membership
 
@@ -447,7 +471,18 @@ def approve(session: DbSession, client: stripe.StripeClient, order: Order, user:
         select(Approval).where(Approval.order_id == order.id, Approval.decision == "approved")
     ).all()
     session.add(Approval(order_id=order.id, approver_id=user.id, decision="approved"))
-    if len(approved) + 1 < approvals_needed(organisation, order):
+    before = {"status": order.status, "approvals": len(approved)}
+    needed = approvals_needed(organisation, order)
+    if len(approved) + 1 < needed:
+        audit(
+            session,
+            user,
+            "order.approve",
+            order.number,
+            before=before,
+            after={"status": order.status, "approvals": len(approved) + 1},
+            about={"approvals_needed": needed, "total_fen": order.total_fen},
+        )
         return False
     try:
         invoice = issue_invoice(client, organisation, order)
@@ -462,6 +497,20 @@ def approve(session: DbSession, client: stripe.StripeClient, order: Order, user:
         actor=user,
         reason=f"审批通过，已开具发票，{organisation.payment_terms_days} 天内付款",
     )
+    audit(
+        session,
+        user,
+        "order.approve",
+        order.number,
+        before=before,
+        after={
+            "status": order.status,
+            "approvals": len(approved) + 1,
+            "stripe_invoice_id": order.stripe_invoice_id,
+            "invoice_due_at": order.invoice_due_at,
+        },
+        about={"approvals_needed": needed, "total_fen": order.total_fen},
+    )
     return True
 
 
@@ -472,7 +521,16 @@ def reject(session: DbSession, order: Order, user: User, reason: str) -> None:
     session.add(
         Approval(order_id=order.id, approver_id=user.id, decision="rejected", reason=reason.strip())
     )
+    before = {"status": order.status}
     transition(session, order, Status.CANCELLED, actor=user, reason=f"驳回：{reason.strip()}")
+    audit(
+        session,
+        user,
+        "order.reject",
+        order.number,
+        before=before,
+        after={"status": order.status, "reason": reason.strip()},
+    )
 
 
 def issue_invoice(
@@ -585,6 +643,7 @@ def record_transfer(
             raise Conflict("该发票已在 Stripe 支付，不能再登记转账。", code="already_paid") from exc
         except stripe.StripeError as exc:
             raise ServiceUnavailable(STRIPE_UNAVAILABLE) from exc
+    before = {"status": order.status, "paid_at": order.paid_at}
     transfer = BankTransfer(
         order_id=order.id,
         payer_account=payer_account.strip(),
@@ -603,14 +662,22 @@ def record_transfer(
         # The day the money arrived, at noon in Shanghai, dates the ledger entries.
         paid_at=datetime.combine(paid_on, time(12), SHANGHAI).astimezone(UTC),
     )
+    session.flush()
     audit(
         session,
         actor,
         "order.transfer",
         order.number,
-        amount_fen=amount_fen,
-        reference=reference.strip(),
-        paid_on=paid_on.isoformat(),
+        before=before,
+        after={
+            "status": order.status,
+            "paid_at": order.paid_at,
+            "transfer_id": transfer.id,
+            "amount_fen": amount_fen,
+            "paid_on": paid_on,
+            "reference": transfer.reference,
+            "payer_account": transfer.payer_account,
+        },
     )
     return transfer
 
@@ -649,8 +716,21 @@ def cancel_overdue(
             raise Conflict("该发票已支付或已作废，不能取消订单。", code="already_paid") from exc
         except stripe.StripeError as exc:
             raise ServiceUnavailable(STRIPE_UNAVAILABLE) from exc
+    before = {"status": order.status}
     transition(session, order, Status.CANCELLED, actor=actor, reason=reason or "逾期未付，财务取消")
-    audit(session, actor, "order.cancel_overdue", order.number, reason=reason)
+    audit(
+        session,
+        actor,
+        "order.cancel_overdue",
+        order.number,
+        before=before,
+        after={
+            "status": order.status,
+            "reason": reason,
+            "invoice_voided": order.stripe_invoice_id is not None,
+        },
+        about={"stripe_invoice_id": order.stripe_invoice_id, "total_fen": order.total_fen},
+    )
 
 
 # --- progress against the reserved share -------------------------------------------------------

@@ -906,6 +906,7 @@ def resolve_discrepancy(
         raise InvalidInput("请填写处理说明。", details=[{"field": "note"}])
     if discrepancy.status == DiscrepancyStatus.RESOLVED:
         raise Conflict(f"对账差异 {discrepancy_id} 已处理过。", code="already_resolved")
+    before = {"status": discrepancy.status, "note": discrepancy.note}
     discrepancy.status = DiscrepancyStatus.RESOLVED
     discrepancy.resolved_at = utcnow()
     discrepancy.resolved_by = actor.id
@@ -914,11 +915,14 @@ def resolve_discrepancy(
         session,
         actor,
         "discrepancy.resolve",
-        str(discrepancy.id),
-        kind=discrepancy.kind,
-        stripe_object=discrepancy.stripe_object,
-        order_number=discrepancy.order_number,
-        note=note,
+        f"discrepancy:{discrepancy.id}",
+        before=before,
+        after={"status": discrepancy.status, "note": note},
+        about={
+            "kind": discrepancy.kind,
+            "stripe_object": discrepancy.stripe_object,
+            "order_number": discrepancy.order_number,
+        },
     )
     session.flush()
     return discrepancy

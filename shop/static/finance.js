@@ -1,6 +1,6 @@
 /* Finance pages: export buttons start the job through the JSON API and poll it until the file
-   is ready; forms marked data-confirm ask first. Without this script the forms still work: an
-   export posts to a page that refreshes until its file is ready. */
+   is ready. Without this script the forms still work: an export posts to a page that refreshes
+   until its file is ready. */
 (function () {
   "use strict";
 
@@ -126,11 +126,6 @@
         if (!form) { return; }
         event.preventDefault();
         startExport(panel, form);
-      });
-    });
-    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-      form.addEventListener("submit", function (event) {
-        if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
       });
     });
   });

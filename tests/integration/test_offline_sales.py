@@ -127,7 +127,7 @@ def test_a_gbk_csv_becomes_one_offline_entry_per_row_attributed_to_the_counter(c
     audit = db.session.scalar(
         select(AuditEntry).where(AuditEntry.action == "ledger.import_offline")
     )
-    assert audit is not None and audit.details["rows"] == 5
+    assert audit is not None and audit.after["rows"] == 5
 
 
 def test_an_xlsx_with_a_title_row_and_real_date_cells_imports_too(ctx) -> None:

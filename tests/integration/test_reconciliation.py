@@ -397,6 +397,6 @@ def test_finance_lists_and_resolves_discrepancies_others_may_not(live_shop, cele
         audited = db.session.scalars(
             select(AuditEntry).where(AuditEntry.action == "discrepancy.resolve")
         ).all()
-        assert [(a.target, a.details["note"]) for a in audited] == [
-            (str(found["id"]), "已核对 Stripe 收款记录")
+        assert [(a.target, a.after["note"]) for a in audited] == [
+            (f"discrepancy:{found['id']}", "已核对 Stripe 收款记录")
         ]

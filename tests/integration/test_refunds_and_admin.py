@@ -155,6 +155,17 @@ def test_admin_changes_stock_and_price_and_it_is_audited(client, admin, buyer, a
         assert entries[0].details["before"] == {"stock": 600, "price_fen": 12800}
 
 
+def test_admin_takes_a_product_off_sale_and_still_edits_it(client, admin) -> None:
+    url = "/api/v1/admin/products/WM-MG-001"
+    off = client.patch(url, headers=admin, json={"active": False})
+    assert off.status_code == 200 and off.get_json()["sku"] == "WM-MG-001"
+    assert client.get("/api/v1/products/WM-MG-001").status_code == 404  # gone from the shop
+    restocked = client.patch(url, headers=admin, json={"stock": 7})
+    assert restocked.status_code == 200 and restocked.get_json()["stock"] == 7
+    assert client.patch(url, headers=admin, json={"active": True}).status_code == 200
+    assert client.get("/api/v1/products/WM-MG-001").get_json()["stock"] == 7
+
+
 def test_admin_registers_a_supplier_with_a_valid_credit_code_only(client, admin) -> None:
     body = {
         "name": "普安县新茶合作社",

@@ -296,11 +296,13 @@ def test_a_small_zip_that_unpacks_huge_is_refused_unopened(tmp_path: Path) -> No
     assert "解压后过大" in problem.message
 
 
-def test_format_is_told_by_content_not_by_name(tmp_path: Path) -> None:
+def test_format_is_told_by_content_and_the_name_must_agree(tmp_path: Path) -> None:
     xlsx = write_xlsx(tmp_path / "order.xlsx", [["SKU", "数量"], ["PA-TEA-001", 7]])
+    assert read(xlsx) == [BulkRow(2, "PA-TEA-001", "7")]
     renamed = tmp_path / "order.csv"
     renamed.write_bytes(xlsx.read_bytes())
-    assert read(renamed) == [BulkRow(2, "PA-TEA-001", "7")]
+    (problem,) = refused(renamed)
+    assert "扩展名改回 .xlsx" in problem.message
 
 
 def test_a_file_error_is_invalid_input_with_every_problem_as_a_detail(tmp_path: Path) -> None:
