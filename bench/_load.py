@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 
@@ -26,7 +26,6 @@ VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 DATABASE = "bench"
 DATABASE_URL = f"postgresql+psycopg://postgres@{HOST}:5432/{DATABASE}"
-PG_ARGS = ("-h", HOST, "-p", "5432", "-U", "postgres")
 # Long enough that a request only times out when something is broken, not merely slow.
 REQUEST_TIMEOUT_SECONDS = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -53,21 +52,29 @@ def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stdout}{done.stderr}")
 
 
-def fresh_database() -> str:
-    """Drop and recreate `bench`, migrate it with `shop db upgrade` and load the demo data."""
-    _run(["dropdb", *PG_ARGS, "--if-exists", "--force", DATABASE])
-    _run(["createdb", *PG_ARGS, DATABASE])
-    env = dict(os.environ, DATABASE_URL=DATABASE_URL)
+def fresh_database(database_url: str = DATABASE_URL) -> str:
+    """Drop and recreate the database (`bench` unless named), migrate it with `shop db upgrade`
+    and load the demo data."""
+    url = make_url(database_url)
+    if url.database is None:
+        raise SystemExit(f"{database_url} names no database")
+    host, port, user = url.host or HOST, str(url.port or 5432), url.username or "postgres"
+    pg_args = ("-h", host, "-p", port, "-U", user)
+    _run(["dropdb", *pg_args, "--if-exists", "--force", url.database])
+    _run(["createdb", *pg_args, url.database])
+    env = dict(os.environ, DATABASE_URL=database_url)
     _run([str(VENV_BIN / "shop"), "db", "upgrade"], env)
     _run([str(VENV_BIN / "shop"), "demo", "load"], env)
-    return DATABASE_URL
+    return database_url
 
 
-def shop_env(port: int, emulator_port: int | None = None) -> dict[str, str]:
+def shop_env(
+    port: int, emulator_port: int | None = None, database_url: str = DATABASE_URL
+) -> dict[str, str]:
     """The shop's environment: the bench database, and the emulator when there is one."""
     env = dict(
         os.environ,
-        DATABASE_URL=DATABASE_URL,
+        DATABASE_URL=database_url,
         SHOP_BASE_URL=f"http://{HOST}:{port}",
         STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
         STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
@@ -115,10 +122,19 @@ class Gunicorn:
         ]
 
     def shop(
-        self, port: int, logs: Path, *, emulator_port: int | None = None
+        self,
+        port: int,
+        logs: Path,
+        *,
+        emulator_port: int | None = None,
+        database_url: str = DATABASE_URL,
+        env: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
     ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-        argv = self._argv("wsgi:app", port)
-        return served("shop", argv, shop_env(port, emulator_port), port, "/api/v1/health", logs)
+        """The shop on `port`; `env` adds to its environment, `extra` to gunicorn's options."""
+        argv = self._argv("wsgi:app", port, *extra)
+        environment = {**shop_env(port, emulator_port, database_url), **(env or {})}
+        return served("shop", argv, environment, port, "/api/v1/health", logs)
 
     def floor(
         self, port: int, logs: Path
@@ -132,15 +148,18 @@ class Gunicorn:
 
 
 def stripe_emulator(
-    port: int, logs: Path
+    port: int, logs: Path, webhook_url: str | None = None
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """The shop's Stripe emulator, sending no webhooks: nothing pays the orders placed."""
+    """The shop's Stripe emulator; it sends signed webhooks to `webhook_url` when given, else
+    none (nothing pays the orders placed)."""
     env = dict(
         os.environ,
         STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
         STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
     )
     env.pop("EMULATOR_WEBHOOK_URL", None)
+    if webhook_url is not None:
+        env["EMULATOR_WEBHOOK_URL"] = webhook_url
     argv = [sys.executable, "-m", "shop.payments.emulator", "--port", str(port)]
     return served("emulator", argv, env, port, "/_emulator/health", logs)
 
@@ -345,6 +364,10 @@ class _KeepAlive:
 
     def exchange(self, request: bytes) -> int:
         """Send one request and read its whole answer; returns the status code."""
+        return self.exchange_body(request)[0]
+
+    def exchange_body(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request and read its whole answer; returns the status code and body."""
         sock = self.sock or self.open()
         sock.sendall(request)
         data = self.buffer
@@ -360,7 +383,7 @@ class _KeepAlive:
         self.buffer = data[body_end:]
         if b"\r\nconnection: close" in head:
             self.close()
-        return int(head[9:12])
+        return int(head[9:12]), data[head_end + 4 : body_end]
 
     @staticmethod
     def _receive(sock: socket.socket) -> bytes:
