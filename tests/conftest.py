@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from shop import create_app
 from shop.accounts import audit_sql
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from shop.db import Base
-from shop.demo import load_demo_data
+from shop.demo import load_demo_data, load_demo_sales
 from shop.extensions import db
 from shop.migrate import upgrade
 
@@ -67,9 +68,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[str]:
-    """A real Stripe emulator process; each test points its webhooks where it needs them."""
+@contextmanager
+def running_emulator() -> Iterator[str]:
+    """A real Stripe emulator process on a free port, delivering webhooks nowhere until told."""
     port = free_port()
     env = dict(
         os.environ,
@@ -90,6 +91,13 @@ def emulator() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    """The emulator the tests share; each test points its webhooks where it needs them."""
+    with running_emulator() as url:
+        yield url
 
 
 def emulator_control(emulator_url: str, path: str, **payload: Any) -> Any:
@@ -134,21 +142,34 @@ def make_app(database_url: str, emulator_url: str, **overrides: Any) -> Flask:
     return create_app(config)
 
 
+@contextmanager
+def demo_shop(
+    database_url: str, emulator_url: str, *, sales: int = 0, **overrides: Any
+) -> Iterator[Flask]:
+    """A fresh shop: empty tables, the demo catalogue and accounts, and `sales` paid orders."""
+    emulator_control(emulator_url, "failures", mode="none")
+    emulator_control(emulator_url, "webhooks", url=None, drop_next=0)
+    reset_database(database_url)
+    app = make_app(database_url, emulator_url, **overrides)
+    with app.app_context():
+        load_demo_data(db.session)
+        if sales:
+            load_demo_sales(db.session, orders=sales)
+        db.session.commit()
+        db.session.remove()
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 @pytest.fixture
 def app(database_url: str, emulator: str) -> Iterator[Flask]:
     """A fresh shop: empty tables, then the demo catalogue and accounts."""
-    emulator_control(emulator, "failures", mode="none")
-    emulator_control(emulator, "webhooks", url=None, drop_next=0)
-    reset_database(database_url)
-    app = make_app(database_url, emulator)
-    with app.app_context():
-        load_demo_data(db.session)
-        db.session.commit()
-        db.session.remove()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with demo_shop(database_url, emulator) as app:
+        yield app
 
 
 @pytest.fixture
@@ -204,31 +225,30 @@ class LiveShop:
         self.control("deliveries/wait", timeout=timeout)
 
 
+@contextmanager
+def served_demo_shop(database_url: str, emulator_url: str, **options: Any) -> Iterator[LiveShop]:
+    """A fresh demo shop served over real HTTP, with the emulator delivering webhooks to it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with demo_shop(database_url, emulator_url, SHOP_BASE_URL=url, TESTING=False, **options) as app:
+        server = make_server("127.0.0.1", port, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        emulator_control(emulator_url, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
+        try:
+            yield LiveShop(url=url, emulator_url=emulator_url, app=app)
+        finally:
+            emulator_control(emulator_url, "deliveries/wait", timeout=10)
+            emulator_control(emulator_url, "webhooks", url=None, drop_next=0)
+            server.shutdown()
+            thread.join(timeout=10)
+
+
 @pytest.fixture
 def live_shop(database_url: str, emulator: str) -> Iterator[LiveShop]:
     """The shop served over real HTTP, with the emulator delivering webhooks to it."""
-    emulator_control(emulator, "failures", mode="none")
-    reset_database(database_url)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    app = make_app(database_url, emulator, SHOP_BASE_URL=url, TESTING=False)
-    with app.app_context():
-        load_demo_data(db.session)
-        db.session.commit()
-        db.session.remove()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
-    try:
-        yield LiveShop(url=url, emulator_url=emulator, app=app)
-    finally:
-        emulator_control(emulator, "deliveries/wait", timeout=10)
-        emulator_control(emulator, "webhooks", url=None, drop_next=0)
-        server.shutdown()
-        thread.join(timeout=10)
-        with app.app_context():
-            db.engine.dispose()
+    with served_demo_shop(database_url, emulator) as shop:
+        yield shop
 
 
 def shots_dir() -> Path:
@@ -247,6 +267,23 @@ def signed(payload: bytes, secret: str = EMULATOR_WEBHOOK_SECRET, at: int | None
     return f"t={at},v1={digest}"
 
 
+def celery_worker_command(*options: str) -> list[str]:
+    """`celery worker` for this project: one task at a time, no chatter between workers."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool=solo",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        *options,
+    ]
+
+
 @pytest.fixture(scope="session")
 def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
     """With a broker configured, a real `celery worker` process; without one, tasks run eagerly."""
@@ -261,22 +298,7 @@ def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
         STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
         STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
     )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--pool=solo",
-            "--loglevel=WARNING",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env=env,
-    )
+    process = subprocess.Popen(celery_worker_command("--loglevel=WARNING"), env=env)
     try:
         yield broker
     finally:

@@ -24,7 +24,6 @@ it sent.
 
 from __future__ import annotations
 
-import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -39,12 +38,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from shop.accounts.models import ApiToken
 from shop.catalog.models import Product, Supplier
 from shop.db import utcnow
-from shop.demo import load_demo_data, load_demo_sales
 from shop.extensions import db
 from shop.finance.models import ExportJob
 from shop.orders.models import Order
@@ -54,10 +51,7 @@ from shop.timezones import shanghai_today
 from tests.conftest import (
     HUIZHOU_ADDRESS,
     LiveShop,
-    emulator_control,
-    free_port,
-    make_app,
-    reset_database,
+    served_demo_shop,
 )
 
 ROLES = {
@@ -94,41 +88,18 @@ def fuzzed_shop(
     celery_worker: str | None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveShop]:
-    emulator_control(emulator, "failures", mode="none")
-    reset_database(database_url)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     files = tmp_path_factory.mktemp("fuzz")
-    app = make_app(
+    with served_demo_shop(
         database_url,
         emulator,
-        SHOP_BASE_URL=url,
-        TESTING=False,
+        sales=8,
         LOGIN_RATE_LIMIT="100000 per minute",
         LOGIN_ACCOUNT_RATE_LIMIT="100000 per minute",
         EXPORT_DIR=files / "exports",
         UPLOAD_DIR=files / "uploads",
-    )
-    with app.app_context():
-        load_demo_data(db.session)
-        load_demo_sales(db.session, orders=8)
-        db.session.commit()
-        db.session.remove()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
-    shop = LiveShop(url=url, emulator_url=emulator, app=app)
-    try:
+    ) as shop:
         open_orders(shop)
         yield shop
-    finally:
-        emulator_control(emulator, "deliveries/wait", timeout=10)
-        emulator_control(emulator, "webhooks", url=None, drop_next=0)
-        server.shutdown()
-        thread.join(timeout=10)
-        with app.app_context():
-            db.engine.dispose()
 
 
 def open_orders(shop: LiveShop) -> None:

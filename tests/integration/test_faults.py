@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -50,10 +49,11 @@ from tests.conftest import (
     HUIZHOU_ADDRESS,
     PASSWORD,
     LiveShop,
+    celery_worker_command,
     emulator_control,
     free_port,
     make_app,
-    wait_until_up,
+    running_emulator,
 )
 
 BASKET_LINES = [("PA-TEA-005", 1), ("XR-YR-001", 2)]
@@ -474,26 +474,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def own_emulator() -> Iterator[str]:
     """A Stripe emulator process of this test's own: a reconciliation sees only its objects,
     whatever the tests before it left in the shared one."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
-        STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
-    )
-    env.pop("EMULATOR_WEBHOOK_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shop.payments.emulator", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url + "/_emulator/health")
+    with running_emulator() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -533,20 +515,7 @@ class Workers:
     def start(self, name: str) -> None:
         self.processes.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "--pool=solo",
-                    "--loglevel=INFO",
-                    f"--hostname={name}@%h",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                celery_worker_command("--loglevel=INFO", f"--hostname={name}@%h"),
                 env=self.env,
                 cwd=ROOT,
                 stdout=self.log_file,

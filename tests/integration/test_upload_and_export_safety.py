@@ -30,7 +30,7 @@ from shop.accounts.models import User
 from shop.catalog.models import Supplier
 from shop.config import load_config
 from shop.db import utcnow
-from shop.demo import demo_credit_code, load_demo_data
+from shop.demo import demo_credit_code
 from shop.extensions import db
 from shop.ledger.models import OfflineImport
 from shop.orders.models import Order
@@ -41,9 +41,7 @@ from tests.conftest import (
     HUIZHOU_ADDRESS,
     LiveShop,
     bearer,
-    emulator_control,
-    make_app,
-    reset_database,
+    demo_shop,
 )
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -59,18 +57,8 @@ SALES_HEADER = "日期,SKU,金额,数量,柜台,区县\r\n"
 @pytest.fixture(scope="module")
 def shop(database_url: str, emulator: str) -> Iterator[Flask]:
     """One demo shop for the tests of this module that make only data of their own."""
-    emulator_control(emulator, "failures", mode="none")
-    emulator_control(emulator, "webhooks", url=None, drop_next=0)
-    reset_database(database_url)
-    app = make_app(database_url, emulator)
-    with app.app_context():
-        load_demo_data(db.session)
-        db.session.commit()
-        db.session.remove()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with demo_shop(database_url, emulator) as app:
+        yield app
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from shop.orders.models import Order, OrderLine, StatusChange
 from shop.orders.services import Address, RequestedLine
 from shop.payments.services import checkout
 from shop.reconciliation.models import Discrepancy
-from tests.conftest import HUIZHOU_ADDRESS, emulator_control
+from tests.conftest import HUIZHOU_ADDRESS, celery_worker_command, emulator_control
 
 REDIS = "redis://127.0.0.1:6379"
 BROKER = f"{REDIS}/1"
@@ -86,20 +85,7 @@ def start_worker(database_url: str, emulator: str, name: str, log: Path) -> subp
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
     )
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            f"--hostname={name}@%h",
-        ],
+        celery_worker_command("--loglevel=INFO", f"--hostname={name}@%h"),
         env=env,
         cwd=ROOT,
         stdout=log.open("ab"),
