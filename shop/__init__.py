@@ -113,6 +113,9 @@ def _register_blueprints(app: Flask) -> None:
     )
     for bp in apis:
         app.register_blueprint(bp)
+    from shop.health import bp as health
+
+    app.register_blueprint(health)
     register_error_handlers(app)
     from shop.views import register_views
 

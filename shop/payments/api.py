@@ -9,7 +9,12 @@ from flask import current_app, jsonify, request
 
 from shop.api import api_blueprint, endpoint, error_response
 from shop.extensions import db
-from shop.payments.services import InvalidSignature, handle_stripe_event, verify_webhook
+from shop.payments.services import (
+    InvalidEvent,
+    InvalidSignature,
+    handle_stripe_event,
+    verify_webhook,
+)
 
 bp = api_blueprint("stripe_api", __name__)
 log = logging.getLogger(__name__)
@@ -34,6 +39,9 @@ def stripe_webhook() -> Any:
     except InvalidSignature as exc:
         log.warning("rejected webhook: %s", exc)
         return error_response(400, "invalid_signature", "Stripe-Signature 校验失败。")
+    except InvalidEvent as exc:
+        log.warning("rejected webhook: %s", exc)
+        return error_response(400, "invalid_event", "Webhook 内容不是有效的 Stripe 事件。")
     changed = handle_stripe_event(db.session, event)
     db.session.commit()
     return jsonify({"received": True, "changed": changed}), 200

@@ -48,6 +48,10 @@ class InvalidSignature(Exception):
     """A webhook whose Stripe-Signature does not verify, or is too old."""
 
 
+class InvalidEvent(Exception):
+    """A signed webhook whose body is not a Stripe event."""
+
+
 def idempotency_key(action: str, order: Order) -> str:
     """A key derived from our ids alone: a retry reuses it, nothing else ever does.
 
@@ -532,7 +536,12 @@ def verify_webhook(
         stripe.WebhookSignature.verify_header(payload.decode(), signature or "", secret, tolerance)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise InvalidSignature(str(exc)) from exc
-    event: dict[str, Any] = json.loads(payload)
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+        raise InvalidEvent("body is not an event object with an id and a type")
     return event
 
 

@@ -279,6 +279,8 @@ ACCESS: dict[tuple[str, str], tuple[Rule, ...]] = {
     ("catalog_api.list_products", "GET"): only(Rule(allow=EVERYONE)),
     ("catalog_api.show_product", "GET"): only(Rule(allow=EVERYONE, target="product")),
     ("meta_api.health", "GET"): only(Rule(allow=EVERYONE)),
+    ("health.healthz", "GET"): only(Rule(allow=EVERYONE)),
+    ("health.readyz", "GET"): only(Rule(allow=EVERYONE)),
     ("meta_api.openapi", "GET"): only(Rule(allow=EVERYONE)),
     ("auth_api.create_token", "POST"): only(Rule(allow=EVERYONE, json=_token_request)),
     ("stripe_api.stripe_webhook", "POST"): only(

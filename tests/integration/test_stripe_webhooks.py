@@ -159,6 +159,15 @@ def test_forged_stale_or_missing_signatures_are_400_and_change_nothing(live_shop
         timeout=10,
     )
     assert tampered.status_code == 400
+    for body in (b"{not json", b"[1, 2]", b'{"type": "payment_intent.succeeded"}'):
+        signed_but_no_event = requests.post(
+            f"{live_shop.url}/api/v1/stripe/webhook",
+            data=body,
+            headers={"Stripe-Signature": signed(body)},
+            timeout=10,
+        )
+        assert signed_but_no_event.status_code == 400, body
+        assert signed_but_no_event.json()["error"]["code"] == "invalid_event"
     assert get_order(live_shop, buyer, order["number"])["status"] == "awaiting_payment"
     with live_shop.app.app_context():
         stored = db.session.scalars(select(StripeEvent.id)).all()
