@@ -696,6 +696,7 @@ def start_processes(
             *(sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"),
             *("--concurrency", "1", "--loglevel", "INFO", f"--hostname=soak{n}@%h"),
             *("--without-gossip", "--without-mingle"),
+            *("--queues", "celery,payments,reconciliation,exports"),
         ]
         worker = stack.enter_context(process_group(f"worker{n}", argv, env, logs))
         workers.append(worker)

@@ -101,7 +101,6 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SHIPPING_FEE_FEN": _int(env, "SHIPPING_FEE_FEN", 1000),
         "SHIPPING_FREE_ABOVE_FEN": _int(env, "SHIPPING_FREE_ABOVE_FEN", 9900),
         "COLD_CHAIN_SURCHARGE_FEN": _int(env, "COLD_CHAIN_SURCHARGE_FEN", 1500),
-        "ORDER_MAX_LINES": _int(env, "ORDER_MAX_LINES", 100),
         "ORDER_MAX_QUANTITY": _int(env, "ORDER_MAX_QUANTITY", 10000),
         "CATALOG_PAGE_SIZE": _int(env, "CATALOG_PAGE_SIZE", 20),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
@@ -147,5 +146,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "result_backend_transport_options": {"retry_policy": {"max_retries": 3}},
             "timezone": "Asia/Shanghai",
             "enable_utc": True,
+            # Beat's lock (shop/beat.py): in the broker's Redis unless given; a beat killed
+            # holding it is replaced after this many seconds.
+            "beat_lock_url": env.get("BEAT_LOCK_URL", "") or None,
+            "beat_lock_timeout": _int(env, "BEAT_LOCK_TIMEOUT", 60),
         },
     }

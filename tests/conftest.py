@@ -267,8 +267,14 @@ def signed(payload: bytes, secret: str = EMULATOR_WEBHOOK_SECRET, at: int | None
     return f"t={at},v1={digest}"
 
 
+ALL_QUEUES = "celery,payments,reconciliation,exports"
+
+
 def celery_worker_command(*options: str) -> list[str]:
-    """`celery worker` for this project: one task at a time, no chatter between workers."""
+    """`celery worker` for this project: one task at a time, no chatter between workers.
+
+    It consumes every queue unless the options name their own (`-Q` / `--queues`)."""
+    own_queues = any(o == "-Q" or o.startswith(("-Q", "--queues")) for o in options)
     return [
         sys.executable,
         "-m",
@@ -280,6 +286,7 @@ def celery_worker_command(*options: str) -> list[str]:
         "--without-heartbeat",
         "--without-gossip",
         "--without-mingle",
+        *(() if own_queues else ("-Q", ALL_QUEUES)),
         *options,
     ]
 
