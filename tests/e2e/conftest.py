@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -34,13 +35,14 @@ def sign_in(browser: Browser, live_shop: LiveShop) -> Iterator[Callable[..., Pag
     """A signed-in page per person, each in its own browser context (its own session cookie)."""
     contexts: list[BrowserContext] = []
 
-    def open_as(email: str, *, javascript: bool = True) -> Page:
+    def open_as(email: str, *, javascript: bool = True, **device: Any) -> Page:
+        """`device` overrides the desktop viewport: a phone's viewport, is_mobile, has_touch."""
         context = browser.new_context(
             base_url=live_shop.url,
-            viewport={"width": 1280, "height": 900},
             locale="zh-CN",
             accept_downloads=True,
             java_script_enabled=javascript,
+            **{"viewport": {"width": 1280, "height": 900}, **device},
         )
         context.set_default_timeout(15_000)
         contexts.append(context)

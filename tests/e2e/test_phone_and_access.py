@@ -6,13 +6,12 @@ text and the primary button meet the WCAG AA contrast ratio."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
-from tests.conftest import HUIZHOU_ADDRESS, PASSWORD, LiveShop, shots_dir
+from tests.conftest import HUIZHOU_ADDRESS, LiveShop, shots_dir
 
 pytestmark = pytest.mark.browser
 
@@ -22,7 +21,6 @@ PHONE: dict[str, Any] = {
     "is_mobile": True,
     "has_touch": True,
 }
-DESKTOP: dict[str, Any] = {"viewport": {"width": 1280, "height": 900}}
 MIN_TAP_PX = 40
 MIN_TEXT_PX = 12
 AA_RATIO = 4.5
@@ -112,28 +110,6 @@ CONTRAST_JS = """el => {
 }"""
 
 
-@pytest.fixture
-def open_as(browser: Browser, live_shop: LiveShop) -> Iterator[Any]:
-    """A signed-in page for a person on a phone or a desktop, each in its own browser context."""
-    contexts: list[BrowserContext] = []
-
-    def sign_in(email: str, device: dict[str, Any]) -> Page:
-        context = browser.new_context(base_url=live_shop.url, locale="zh-CN", **device)
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login")
-        page.get_by_label("邮箱").fill(email)
-        page.get_by_label("密码").fill(PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page.get_by_role("button", name="退出")).to_be_visible()
-        return page
-
-    yield sign_in
-    for context in contexts:
-        context.close()
-
-
 def check_phone_page(page: Page, name: str) -> None:
     """Fits the phone's width, no text below 12 px; photographed as phone-<name>.png."""
     page.screenshot(path=str(shots_dir() / f"phone-{name}.png"), full_page=True)
@@ -184,8 +160,8 @@ def has_focus_ring(target: Locator) -> bool:
     return outline or style[2] != "none"
 
 
-def test_a_buyer_orders_on_a_phone(open_as: Any, live_shop: LiveShop) -> None:
-    page = open_as("buyer@example.com", PHONE)
+def test_a_buyer_orders_on_a_phone(sign_in: Any, live_shop: LiveShop) -> None:
+    page = sign_in("buyer@example.com", **PHONE)
     page.goto("/login")
     check_phone_page(page, "sign-in")
 
@@ -227,9 +203,9 @@ def test_a_buyer_orders_on_a_phone(open_as: Any, live_shop: LiveShop) -> None:
 
 
 def test_main_pages_are_accessible_and_checkout_works_by_keyboard(
-    open_as: Any, live_shop: LiveShop
+    sign_in: Any, live_shop: LiveShop
 ) -> None:
-    buyer = open_as("buyer@example.com", DESKTOP)
+    buyer = sign_in("buyer@example.com")
     buyer.goto("/")
     check_accessible(buyer, "catalogue")
     body = buyer.locator("body")
@@ -264,17 +240,17 @@ def test_main_pages_are_accessible_and_checkout_works_by_keyboard(
     buyer.keyboard.press("Enter")
     expect(buyer).to_have_url(re.compile("^" + re.escape(live_shop.emulator_url) + "/checkout/"))
 
-    officer = open_as("officer@example.com", DESKTOP)
+    officer = sign_in("officer@example.com")
     officer.goto("/procurement/")
     check_accessible(officer, "procurement")
     officer.goto("/procurement/new")
     check_accessible(officer, "procurement-new")
 
-    finance = open_as("finance@example.com", DESKTOP)
+    finance = sign_in("finance@example.com")
     finance.goto("/finance/")
     check_accessible(finance, "finance")
 
-    admin = open_as("admin@example.com", DESKTOP)
+    admin = sign_in("admin@example.com")
     admin.goto("/admin/products")
     check_accessible(admin, "admin-products")
     assert contrast(admin.locator("body")) >= AA_RATIO
