@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from tests.conftest import free_port, make_app
 
 
@@ -21,7 +23,11 @@ def test_healthz_answers_and_readyz_checks_database_broker_and_stripe(client: An
     assert checks["broker"] == broker_expected
 
 
-def test_readyz_names_what_is_down_and_asks_to_come_back(database_url: str, emulator: str) -> None:
+def test_readyz_names_what_is_down_and_asks_to_come_back(
+    database_url: str, emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Celery lets this variable override the broker given in the config.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     nowhere = f"127.0.0.1:{free_port()}"
     celery = {
         "broker_url": f"redis://{nowhere}/0",

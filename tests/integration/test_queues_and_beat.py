@@ -36,7 +36,11 @@ celery.start(["beat", "--schedule", sys.argv[1], "--loglevel", "INFO"])
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
+def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    # Celery lets these variables override a broker given in code: this test's own Redis
+    # databases, not the suite's, must be the ones the sender and the processes use.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
     client = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
     results = redis.Redis.from_url(RESULTS, socket_connect_timeout=2)
     try:
@@ -145,8 +149,9 @@ def test_of_two_beats_only_the_lock_holder_sends_and_the_other_takes_over_when_i
         holder = 0 if sends(logs[0]) >= 2 else 1
         standby = 1 - holder
         assert sends(logs[standby]) == 0, "both beats sent the schedule"
-        # What the holder sent went to the ledger queue (nobody consumes it here).
-        assert broker.llen("reconciliation") >= 2
+        # What the holder sent goes to the ledger queue (nobody consumes it here); beat logs a
+        # task just before the message reaches Redis.
+        wait_for(lambda: broker.llen("reconciliation") >= 2, 10, "two rollups queued", *logs)
 
         beats[holder].send_signal(signal.SIGKILL)
         beats[holder].wait(timeout=10)
