@@ -314,6 +314,14 @@ def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
 
 
 @pytest.fixture
+def own_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test that names its own broker: Celery lets CELERY_BROKER_URL and
+    CELERY_RESULT_BACKEND in the environment override a broker given in code or config."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+
+
+@pytest.fixture
 def run_task(app: Flask, celery_worker: str | None) -> Any:
     """Run a task as this configuration runs it: on the worker over the broker, or in-process."""
 

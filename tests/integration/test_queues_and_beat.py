@@ -36,11 +36,8 @@ celery.start(["beat", "--schedule", sys.argv[1], "--loglevel", "INFO"])
 
 
 @pytest.fixture
-def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    # Celery lets these variables override a broker given in code: this test's own Redis
-    # databases, not the suite's, must be the ones the sender and the processes use.
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+def broker(own_broker: None) -> Iterator[redis.Redis]:
+    """This test's own Redis databases, not the suite's: the sender and the processes use them."""
     client = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
     results = redis.Redis.from_url(RESULTS, socket_connect_timeout=2)
     try:
