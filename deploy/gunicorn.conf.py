@@ -32,10 +32,34 @@ timeout = 60
 graceful_timeout = 30
 keepalive = 5
 
-# Access log to stdout, errors to stderr: journald or docker collects both.
-accesslog = "-"
+# Logs to stderr (journald or docker collects them), one JSON object a line as the shop writes
+# (LOG_FORMAT=text: plain lines). No access log here: the shop logs each request itself, with its
+# request id, endpoint and duration; nginx keeps the access log of the host.
+accesslog = None
 errorlog = "-"
-loglevel = "info"
+loglevel = os.environ.get("LOG_LEVEL", "") or "info"
+if (os.environ.get("LOG_FORMAT", "") or "json") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "shop.observability.logs.json_formatter"}},
+        "handlers": {
+            "error_console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        # The shop puts its own handler on the root logger when the app is built.
+        "root": {"handlers": []},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["error_console"], "propagate": False},
+        },
+    }
+
+# Metrics: with PROMETHEUS_MULTIPROC_DIR set (a directory of this host, emptied when the host
+# boots: /run/huiqian-shop/metrics in the units), every worker writes its counters there and
+# /metrics adds up all of them, the Celery workers' of this host included.
 
 # gunicorn honours X-Forwarded-Proto only from these addresses: the local nginx. The shop itself
 # trusts X-Forwarded-For/-Proto only with PROXY_FIX_HOPS=1.

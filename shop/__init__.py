@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,14 +17,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config())
     if config:
         app.config.update(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from shop.accounts.services import LoginThrottle, user_for_token
     from shop.background import celery_init_app
     from shop.extensions import babel, csrf, db, login_manager
+    from shop.observability import init_observability
     from shop.payments.gateway import build_stripe_client
     from shop.security import init_security
+
+    # First: every later hook, and every log line, has the request id.
+    init_observability(app)
 
     db.init_app(app)
     csrf.init_app(app)

@@ -53,6 +53,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     # Registers the tasks with this app, so the web process can enqueue them too.
+    # Request ids into task headers, task metrics and log context (Celery signals).
+    import shop.observability.tasks  # noqa: F401
     import workers.tasks  # noqa: F401
 
     return celery_app

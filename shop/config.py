@@ -48,6 +48,13 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(key) or default
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Build the Flask config mapping from environment variables (see the README's table)."""
     env = os.environ if env is None else env
@@ -122,6 +129,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Reconciliation re-reads this much before its stored cursor, for objects Stripe
         # created earlier and changed since (a Checkout Session paid an hour after it opened).
         "RECONCILE_OVERLAP_SECONDS": _int(env, "RECONCILE_OVERLAP_SECONDS", 86400),
+        # One JSON object a line (for journald, docker, a log shipper) or plain text to read.
+        "LOG_FORMAT": _choice(env, "LOG_FORMAT", "json", ("json", "text")),
+        "LOG_LEVEL": _choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        # Set, /metrics wants `Authorization: Bearer <token>`; empty, it is open (nginx keeps it
+        # to the host).
+        "METRICS_TOKEN": env.get("METRICS_TOKEN", ""),
         "BABEL_DEFAULT_LOCALE": "zh",
         "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
         "SHOP_LOCALES": ["zh", "en"],
@@ -150,5 +163,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             # holding it is replaced after this many seconds.
             "beat_lock_url": env.get("BEAT_LOCK_URL", "") or None,
             "beat_lock_timeout": _int(env, "BEAT_LOCK_TIMEOUT", 60),
+            # A worker's own /metrics on this port (0: none), for hosts without a web process.
+            "worker_metrics_port": _int(env, "WORKER_METRICS_PORT", 0),
+            "worker_metrics_address": env.get("WORKER_METRICS_ADDRESS", "") or "127.0.0.1",
         },
     }

@@ -304,8 +304,9 @@ def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
         STRIPE_API_BASE=emulator,
         STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
         STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+        LOG_LEVEL="WARNING",
     )
-    process = subprocess.Popen(celery_worker_command("--loglevel=WARNING"), env=env)
+    process = subprocess.Popen(celery_worker_command(), env=env)
     try:
         yield broker
     finally:

@@ -9,6 +9,7 @@ from flask import current_app, jsonify, request
 
 from shop.api import api_blueprint, endpoint, error_response
 from shop.extensions import db
+from shop.observability.metrics import WEBHOOK_EVENTS
 from shop.payments.services import (
     InvalidEvent,
     InvalidSignature,
@@ -18,6 +19,8 @@ from shop.payments.services import (
 
 bp = api_blueprint("stripe_api", __name__)
 log = logging.getLogger(__name__)
+# An event whose signature failed is counted without its claimed type (anyone can claim one).
+UNVERIFIED = "unverified"
 
 
 @endpoint(
@@ -38,10 +41,20 @@ def stripe_webhook() -> Any:
         )
     except InvalidSignature as exc:
         log.warning("rejected webhook: %s", exc)
+        WEBHOOK_EVENTS.labels(UNVERIFIED, "rejected").inc()
         return error_response(400, "invalid_signature", "Stripe-Signature 校验失败。")
     except InvalidEvent as exc:
         log.warning("rejected webhook: %s", exc)
+        WEBHOOK_EVENTS.labels(UNVERIFIED, "rejected").inc()
         return error_response(400, "invalid_event", "Webhook 内容不是有效的 Stripe 事件。")
-    changed = handle_stripe_event(db.session, event)
-    db.session.commit()
+    kind = str(event.get("type"))
+    try:
+        changed = handle_stripe_event(db.session, event)
+        db.session.commit()
+    except Exception:
+        WEBHOOK_EVENTS.labels(kind, "failed").inc()
+        raise
+    # Applied: it changed an order or refund; ignored: a repeat, or nothing of ours.
+    WEBHOOK_EVENTS.labels(kind, "applied" if changed else "ignored").inc()
+    log.info("webhook %s %s: %s", event.get("id"), kind, "applied" if changed else "ignored")
     return jsonify({"received": True, "changed": changed}), 200

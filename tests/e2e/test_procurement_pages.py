@@ -1,6 +1,8 @@
-"""Unit procurement in a real browser: an officer uploads a bulk file (a bad one, then a GBK one),
-sees tier prices, saves and submits; the approver approves; finance records the bank transfer;
-the dashboard counts it. Rejection and overdue cancellation return the stock; admin adds a unit."""
+"""Unit procurement in a real browser: an officer uploads a GBK bulk file with one bad row, fixes
+the row, sees tier prices, saves and submits; the approver approves; finance records the bank
+transfer, sees the year's total move by the goods and downloads the totals as xlsx, whose total
+row equals the dashboard. Rejection and overdue cancellation return the stock; admin adds a unit.
+Every page is photographed."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import codecs
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 import requests
 from playwright.sync_api import Page, expect
@@ -39,8 +44,15 @@ GOOD_FILE = (
     + f"PA-TEA-001,20,{CANTEEN_B}\n"
 )
 GOODS_FEN = 80 * 11800 + 50 * 5400
-# Row 3 orders 12 bags where the unit rule says multiples of 5.
-BAD_FILE = HEADER + f"PA-TEA-001,60,{CANTEEN_A}\n" + f"XR-YR-001,12,{CANTEEN_A}\n"
+# The same file before it was fixed: row 3 orders 12 bags where the unit rule says multiples of 5.
+BAD_FILE = (
+    HEADER
+    + f"PA-TEA-001,60,{CANTEEN_A}\n"
+    + f"XR-YR-001,12,{CANTEEN_A}\n"
+    + f"PA-TEA-001,20,{CANTEEN_B}\n"
+)
+# What WPS and Excel on Chinese Windows save a CSV in.
+GBK = "gbk"
 DELIVERY = {"收货人": "王食堂", "电话": "13900139000", "收货地址": "江北街道云山西路 2 号 职工食堂"}
 
 
@@ -72,14 +84,48 @@ def yuan_text(fen: int) -> str:
     return f"¥{fen // 100:,}.{fen % 100:02d}"
 
 
+def fen_of(text: str) -> int:
+    """Fen from an amount as the pages show it: "¥12,140.00"."""
+    whole, _dot, fraction = text.strip().removeprefix("¥").replace(",", "").partition(".")
+    assert whole.isdigit() and len(fraction) == 2 and fraction.isdigit(), text
+    return int(whole) * 100 + int(fraction)
+
+
+def with_cell(csv: bytes, row: int, column: str, value: str) -> bytes:
+    """The GBK file with one cell changed, as an officer fixes it in WPS and saves it again.
+    `row` counts as the page does, the header being row 1; `column` is the header's name."""
+    lines = csv.decode(GBK).splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    cells = lines[row - 1].rstrip("\n").split(",")
+    cells[header.index(column)] = value
+    lines[row - 1] = ",".join(cells) + "\n"
+    return "".join(lines).encode(GBK)
+
+
+def total_row_amount(workbook_bytes: bytes) -> Decimal:
+    """The 元 amount on the xlsx's 合计 row (the header row names the amount column)."""
+    sheet = openpyxl.load_workbook(BytesIO(workbook_bytes)).active
+    assert sheet is not None
+    rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+    header = [str(cell or "") for cell in rows[0]]
+    amount_column = next(i for i, name in enumerate(header) if "金额" in name)
+    total = next(row for row in rows if any(str(cell or "") == "合计" for cell in row))
+    return Decimal(str(total[amount_column])).quantize(Decimal("0.01"))
+
+
 def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transfer(
-    sign_in: Callable[[str], Page], live_shop: LiveShop, tmp_path: Path
+    sign_in: Callable[[str], Page],
+    live_shop: LiveShop,
+    celery_worker: str | None,
+    tmp_path: Path,
 ) -> None:
     officer = sign_in("officer@example.com")
     nav(officer).get_by_role("link", name="单位采购").click()
     expect(officer.get_by_role("heading", name=UNIT)).to_be_visible()
+    shot(officer, "unit")
     officer.get_by_role("link", name="新建采购单").click()
     expect(officer).to_have_url(re.compile(r"/procurement/new$"))
+    shot(officer, "new")
 
     # The template files: a CSV that Excel opens (UTF-8 with BOM, Chinese headers) and an xlsx.
     with officer.expect_download() as download:
@@ -92,11 +138,14 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     assert xlsx.ok and xlsx.headers["content-type"] == XLSX
     assert xlsx.body().startswith(b"PK")
 
-    # A file with one bad row: every problem by row and column, and nothing saved.
+    # The officer's file, saved by WPS in GBK, with one bad row: the problem by row and column,
+    # and nothing saved.
+    upload = tmp_path / "采购单.csv"
+    upload.write_bytes(BAD_FILE.encode(GBK))
+    with pytest.raises(UnicodeDecodeError):
+        upload.read_bytes().decode("utf-8")
     bulk = officer.locator("#bulk-form")
-    bad = tmp_path / "采购单-有误.csv"
-    bad.write_bytes(BAD_FILE.encode("utf-8-sig"))
-    bulk.get_by_label("订单文件").set_input_files(bad)
+    bulk.get_by_label("订单文件").set_input_files(upload)
     bulk.get_by_role("button", name="保存草稿").click()
     problems = officer.get_by_test_id("problems")
     expect(problems).to_contain_text("没有创建任何订单")
@@ -108,11 +157,12 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     shot(officer, "problems")
     assert order_count(live_shop) == 0
 
-    # The fixed file, saved by WPS in GBK: the preview prices by tier over the whole file.
-    good = tmp_path / "采购单.csv"
-    good.write_bytes(GOOD_FILE.encode("gb18030"))
+    # The officer fixes that row (12 bags become 50) and saves the file, still in GBK: the
+    # preview prices by tier over the whole file.
+    upload.write_bytes(with_cell(upload.read_bytes(), 3, "数量", "50"))
+    assert upload.read_bytes() == GOOD_FILE.encode(GBK)
     bulk = officer.locator("#bulk-form")
-    bulk.get_by_label("订单文件").set_input_files(good)
+    bulk.get_by_label("订单文件").set_input_files(upload)
     expect(bulk.get_by_label("资金来源")).to_have_value("财政资金")
     bulk.get_by_role("button", name="预览").click()
     preview = officer.get_by_test_id("preview")
@@ -132,6 +182,7 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     expect(officer.locator(".flash-success")).to_contain_text("草稿已保存")
     expect(status_of(officer)).to_have_text("草稿")
     expect(officer.locator(".delivery-head")).to_have_count(2)
+    shot(officer, "draft")
     tea, grain = stock(live_shop, "PA-TEA-001"), stock(live_shop, "XR-YR-001")
     officer.get_by_role("button", name="提交审批").click()
     expect(status_of(officer)).to_have_text("待审批")
@@ -147,8 +198,12 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     # The approver approves: the unit is invoiced on 30 days' terms.
     approver = sign_in("approver@example.com")
     nav(approver).get_by_role("link", name="单位采购").click()
-    approver.locator(f"tr[data-order={number}]").get_by_role("link", name=number).click()
+    awaiting = approver.locator(f"tr[data-order={number}]")
+    expect(awaiting.locator(".status")).to_have_text("待审批")
+    shot(approver, "approver-unit")
+    awaiting.get_by_role("link", name=number).click()
     expect(status_of(approver)).to_have_text("待审批")
+    shot(approver, "awaiting-approval")
     approver.get_by_role("button", name="批准").click()
     expect(approver.locator(".flash-success")).to_contain_text("已批准")
     expect(status_of(approver)).to_have_text("待付款")
@@ -160,12 +215,24 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     expect(approver.locator(".approvals li")).to_contain_text("刘审批")
     shot(approver, "approved")
 
-    # Finance records the bank transfer; a wrong amount is refused first.
+    # Finance's dashboard before the money arrives: the year's counted total and the unit's.
     finance = sign_in("finance@example.com")
     nav(finance).get_by_role("link", name="财务", exact=True).click()
+    expect(finance).to_have_url(re.compile(r"/finance/$"))
+    expect(finance.get_by_role("heading", name="财务总览")).to_be_visible()
+    year_total = finance.get_by_test_id("total-yuan")
+    unit_spent = finance.locator(f"tr[data-organisation='{UNIT}'] td").first
+    total_before = fen_of(year_total.inner_text())
+    unit_before = fen_of(unit_spent.inner_text())
+    shot(finance, "finance-before")
+
+    # Finance records the bank transfer; a wrong amount is refused first.
     finance.get_by_role("link", name="逾期发票").click()
     expect(finance.get_by_test_id("no-overdue")).to_be_visible()
+    shot(finance, "no-overdue")
     finance.get_by_role("link", name="登记对公转账").click()
+    expect(finance.locator(f".awaiting-table tr[data-order={number}]")).to_contain_text(UNIT)
+    shot(finance, "awaiting-transfer")
     finance.locator(f".awaiting-table tr[data-order={number}]").get_by_role("link").click()
     expect(finance.get_by_label("订单号")).to_have_value(number)
     finance.get_by_label("转账金额（元）").fill("100.00")
@@ -173,6 +240,7 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     finance.get_by_label("付款账号").fill("2008 0212 0900 1234 567")
     finance.get_by_role("button", name="登记转账").click()
     expect(finance.locator(".field-error")).to_contain_text("与应付")
+    shot(finance, "transfer-refused")
     amount = total_text.removeprefix("¥").replace(",", "")
     finance.get_by_label("转账金额（元）").fill(amount)
     shot(finance, "transfer-form")
@@ -186,10 +254,29 @@ def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transf
     expect(finance.locator(f".awaiting-table tr[data-order={number}]")).to_have_count(0)
     shot(finance, "transfer-recorded")
 
+    # The year's total and the unit's move by the goods (the ledger leaves shipping out).
+    finance.get_by_role("navigation", name="财务").get_by_role("link", name="总览").click()
+    total_fen = total_before + GOODS_FEN
+    expect(year_total).to_have_text(yuan_text(total_fen))
+    expect(unit_spent).to_have_text(yuan_text(unit_before + GOODS_FEN))
+    shot(finance, "finance-after")
+
+    # The year's totals as xlsx, started from the dashboard: its 合计 row is the dashboard's.
+    finance.get_by_role("button", name="汇总 Excel").click()
+    download_link = finance.locator("[data-export-job]").get_by_role("link", name="下载文件")
+    expect(download_link).to_be_visible(timeout=30_000)
+    shot(finance, "finance-exported")
+    with finance.expect_download() as download:
+        download_link.click()
+    assert download.value.suggested_filename.endswith(".xlsx")
+    workbook = Path(download.value.path()).read_bytes()
+    assert total_row_amount(workbook) == Decimal(total_fen) / 100
+
     officer.goto(order_url)
     expect(status_of(officer)).to_have_text("已支付")
+    shot(officer, "paid")
 
-    # The dashboard counts the goods (not shipping) against the reserved share of ¥500,000.
+    # The unit's dashboard counts the goods against the reserved share of ¥500,000.
     nav(officer).get_by_role("link", name="单位采购").click()
     progress = officer.get_by_test_id("progress")
     expect(progress.get_by_test_id("spent")).to_have_text(yuan_text(GOODS_FEN))

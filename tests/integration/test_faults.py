@@ -515,7 +515,7 @@ class Workers:
     def start(self, name: str) -> None:
         self.processes.append(
             subprocess.Popen(
-                celery_worker_command("--loglevel=INFO", f"--hostname={name}@%h"),
+                celery_worker_command(f"--hostname={name}@%h"),
                 env=self.env,
                 cwd=ROOT,
                 stdout=self.log_file,

@@ -31,7 +31,7 @@ import sys
 from datetime import timedelta
 from workers.celery_app import celery
 celery.conf.beat_schedule = {"tick": {"task": "shop.rollup", "schedule": timedelta(seconds=1)}}
-celery.start(["beat", "--schedule", sys.argv[1], "--loglevel", "INFO"])
+celery.start(["beat", "--schedule", sys.argv[1]])
 """
 
 

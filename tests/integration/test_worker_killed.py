@@ -85,7 +85,7 @@ def start_worker(database_url: str, emulator: str, name: str, log: Path) -> subp
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
     )
     return subprocess.Popen(
-        celery_worker_command("--loglevel=INFO", f"--hostname={name}@%h"),
+        celery_worker_command(f"--hostname={name}@%h"),
         env=env,
         cwd=ROOT,
         stdout=log.open("ab"),

@@ -181,7 +181,9 @@ def test_gunicorn_config_loads_with_the_app(tmp_path: Path) -> None:
     assert printed["threads"] == "3"
     assert printed["worker_class"] == "gthread"
     assert printed["preload_app"] == "False"
-    assert printed["accesslog"] == "-"
+    # The shop logs each request itself (with its request id); gunicorn's lines are JSON too.
+    assert printed["accesslog"] == "None"
+    assert "shop.observability.logs.json_formatter" in printed["logconfig_dict"]
     assert printed["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
 
 
@@ -206,7 +208,10 @@ def assert_command_exists(argv: list[str]) -> None:
         assert callable(getattr(importlib.import_module(module), attribute.removesuffix("()")))
     elif program == "celery":
         assert importlib.util.find_spec(argv[argv.index("-A") + 1]) is not None
-        assert argv[argv.index("-A") + 2] in {"worker", "beat"}
+        words = [word for word in argv[argv.index("-A") + 2 :] if not word.startswith("-")]
+        assert words[0] in {"worker", "beat"}, argv
+        # Celery's start-up banner goes to stdout, which journald logs beside the JSON lines.
+        assert "--quiet" in argv
     else:
         words = tuple(word for word in argv[1:] if not word.startswith("-"))
         assert words[:2] in shop_commands() or words[:1] in shop_commands(), argv
@@ -231,6 +236,11 @@ def test_systemd_unit_runs_a_real_command_as_its_user_with_hardening(unit: Path)
     for path in needed:
         assert any(Path(path).is_relative_to(w) for w in writable), f"{path} is read-only"
     assert_command_exists(argv)
+    if "beat" not in argv:
+        # The web and worker processes of the host share one metrics directory until reboot.
+        metrics = Path(settings["PROMETHEUS_MULTIPROC_DIR"])
+        assert [Path("/run") / d for d in keys["RuntimeDirectory"]] == [metrics]
+        assert keys["RuntimeDirectoryPreserve"] == ["yes"]
 
 
 def test_systemd_units_are_web_a_worker_template_and_beat() -> None:

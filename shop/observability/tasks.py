@@ -1,0 +1,92 @@
+"""Celery's side of the logs and metrics, wired through Celery's signals.
+
+Publishing a task copies the current request id into its message headers; the worker puts it
+back in the log context for the run, so a task's log lines carry the id of the request that
+caused it (beat's tasks have none: their lines carry the task id). Each run is counted and timed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import signals
+from prometheus_client import start_http_server
+
+from shop.observability import logs
+from shop.observability.metrics import (
+    TASK_DURATION,
+    TASK_FAILURES,
+    TASK_RUNS,
+    multiprocess_directory,
+    process_registry,
+)
+
+log = logging.getLogger("shop.tasks")
+HEADER = "request_id"
+_started: dict[str, tuple[float, list[Any]]] = {}
+
+
+@signals.before_task_publish.connect
+def carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    current = logs.request_id.get()
+    if current and headers is not None:
+        headers.setdefault(HEADER, current)
+
+
+@signals.task_prerun.connect
+def task_started(task_id: str, task: Any, **_: Any) -> None:
+    tokens = [logs.task_id.set(task_id), logs.task_name.set(task.name)]
+    carried = task.request.get(HEADER)
+    if carried or not task.request.is_eager:
+        # In a worker: this run's id, or none (a task from beat). Run in-process (the demo), the
+        # task stays in the request that called it.
+        tokens.append(logs.request_id.set(carried))
+    _started[task_id] = (time.perf_counter(), tokens)
+    TASK_RUNS.labels(task.name).inc()
+    log.info("task %s started", task.name)
+
+
+@signals.task_failure.connect
+def task_failed(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    name = getattr(sender, "name", "unknown")
+    TASK_FAILURES.labels(name).inc()
+    log.error("task %s failed: %r", name, exception)
+
+
+@signals.task_postrun.connect
+def task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    started, tokens = _started.pop(task_id, (None, []))
+    if started is not None:
+        elapsed = time.perf_counter() - started
+        TASK_DURATION.labels(task.name).observe(elapsed)
+        log.info(
+            "task %s finished: %s",
+            task.name,
+            state,
+            extra={"state": state, "duration_ms": round(elapsed * 1000, 1)},
+        )
+    for token in reversed(tokens):
+        token.var.reset(token)
+
+
+@signals.setup_logging.connect
+def worker_logging(**_: Any) -> None:
+    """The worker logs as the web does (create_app configured it); Celery leaves the root alone."""
+
+
+@signals.worker_init.connect
+def serve_worker_metrics(sender: Any = None, **_: Any) -> None:
+    """WORKER_METRICS_PORT: the worker's own /metrics, for hosts that run workers but no web."""
+    conf = sender.app.conf
+    port = conf.get("worker_metrics_port")
+    if not port:
+        return
+    if not multiprocess_directory():
+        # The pool's processes count the tasks; without the shared directory the main process,
+        # which serves the port, would show none of it.
+        raise RuntimeError("WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR")
+    address = conf.get("worker_metrics_address")
+    start_http_server(port, addr=address, registry=process_registry())
+    log.info("worker metrics on http://%s:%s/metrics", address, port)

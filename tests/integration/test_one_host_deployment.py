@@ -1,0 +1,330 @@
+"""The README's one-host deployment, run for real: gunicorn with deploy/gunicorn.conf.py (two
+worker processes), two Celery workers on different queues and beat with its lock, all on one
+PostgreSQL and one Redis, sharing one metrics directory.
+
+A buyer pays, finance reconciles and exports; the request id of each finance request shows up in
+the log lines of the worker that ran its task (and only there), and gunicorn's `/metrics` adds up
+what every process of the host counted: requests from both gunicorn workers, tasks from both
+Celery workers, the webhook, the paid order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
+from tests.conftest import (
+    HUIZHOU_ADDRESS,
+    PASSWORD,
+    celery_worker_command,
+    demo_shop,
+    emulator_control,
+    free_port,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS = "redis://127.0.0.1:6379"
+BROKER, RESULTS = f"{REDIS}/5", f"{REDIS}/6"
+LOCK_KEY = "shop:beat-lock"
+GOODS_FEN = 2 * 12800  # two boxes of 普安红茶（特级）
+
+
+@dataclass
+class Host:
+    url: str
+    logs: dict[str, Path]
+    metrics_dir: Path
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=60, **kwargs)
+
+    def token(self, email: str) -> dict[str, str]:
+        response = self.post("/api/v1/auth/tokens", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    def log_lines(self, name: str) -> list[dict[str, Any]]:
+        """The process's JSON log lines; a line that is not JSON fails the test."""
+        lines = self.logs[name].read_text(encoding="utf-8").splitlines()
+        parsed = []
+        for line in lines:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"{name} wrote a line that is not JSON: {line!r}") from None
+        return parsed
+
+
+def wait_for(check: Callable[[], Any], seconds: float, what: str, host: Host) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            found = check()
+        except requests.ConnectionError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {name}\n{path.read_text(errors='replace')[-3000:]}"
+                for name, path in host.logs.items()
+            )
+            raise AssertionError(f"{what}: not within {seconds:g} s\n{tails}")
+        time.sleep(0.2)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> Iterator[Host]:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the one-host deployment runs on PostgreSQL")
+    queues = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
+    results = redis.Redis.from_url(RESULTS, socket_connect_timeout=2)
+    try:
+        queues.flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis at {REDIS} is not reachable: {exc}")
+    results.flushdb()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    metrics_dir = tmp_path / "metrics"
+    env = {
+        **os.environ,
+        "SHOP_ENV": "production",
+        "SECRET_KEY": "one-host-test-secret",
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": BROKER,
+        "CELERY_RESULT_BACKEND": RESULTS,
+        "RATELIMIT_STORAGE_URI": f"{REDIS}/5",
+        "STRIPE_SECRET_KEY": EMULATOR_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator,
+        "SHOP_BASE_URL": url,
+        "SHOP_INSTANCE_DIR": str(tmp_path / "var"),
+        "EXPORT_DIR": str(tmp_path / "files" / "exports"),
+        "UPLOAD_DIR": str(tmp_path / "files" / "uploads"),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_MAX_WORKERS": "2",
+        "GUNICORN_THREADS": "4",
+    }
+    commands = {
+        "web": [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(ROOT / "deploy" / "gunicorn.conf.py"),
+            "shop:create_app()",
+        ],
+        "ledger-worker": celery_worker_command("-Q", "celery,reconciliation", "-n", "ledger@%h"),
+        "files-worker": celery_worker_command("-Q", "payments,exports", "-n", "files@%h"),
+        "beat": [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "beat",
+            "--schedule",
+            str(tmp_path / "celerybeat-schedule"),
+        ],
+    }
+    # Logs go to stderr; stdout has only Celery's start-up banner.
+    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    processes = []
+    with demo_shop(database_url, emulator):
+        emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
+        try:
+            for name, argv in commands.items():
+                with logs[name].open("wb") as err, (tmp_path / f"{name}.out").open("wb") as out:
+                    processes.append(
+                        subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=err)
+                    )
+            host = Host(url=url, logs=logs, metrics_dir=metrics_dir)
+            wait_for(lambda: host.get("/healthz").ok, 30, "gunicorn answering", host)
+            yield host
+        finally:
+            emulator_control(emulator, "deliveries/wait", timeout=10)
+            emulator_control(emulator, "webhooks", url=None, drop_next=0)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+            queues.flushdb()
+            results.flushdb()
+            queues.close()
+            results.close()
+
+
+def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_processes(
+    host: Host, emulator: str
+) -> None:
+    # Ready: database, broker and Stripe (the emulator) all answer.
+    ready = host.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "stripe": "ok"}
+
+    # Beat holds the lock in the broker's Redis.
+    lock = redis.Redis.from_url(BROKER)
+    wait_for(lambda: lock.get(LOCK_KEY), 30, "beat taking its lock", host)
+
+    # A buyer orders two boxes of Puan tea and pays on the emulator's Checkout.
+    buyer = host.token("buyer@example.com")
+    created = host.post(
+        "/api/v1/orders",
+        headers={**buyer, "X-Request-ID": "deploy-order-1"},
+        json={"lines": [{"sku": "PA-TEA-001", "quantity": 2}], "address": HUIZHOU_ADDRESS},
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["X-Request-ID"] == "deploy-order-1"
+    order = created.json()
+    session = order["checkout_url"].rstrip("/").rsplit("/", 1)[-1]
+    emulator_control(emulator, f"checkout/sessions/{session}/pay")
+    wait_for(
+        lambda: (
+            host.get(f"/api/v1/orders/{order['number']}", headers=buyer).json()["status"] == "paid"
+        ),
+        30,
+        "the webhook marking the order paid",
+        host,
+    )
+
+    # Finance reconciles now: the task runs on the reconciliation queue's worker.
+    finance = host.token("finance@example.com")
+    reconciled = host.post(
+        "/api/v1/finance/reconcile", headers={**finance, "X-Request-ID": "deploy-reconcile-1"}
+    )
+    assert reconciled.status_code == 200, reconciled.text
+    totals = host.get("/api/v1/finance/totals", headers=finance).json()
+    assert totals["total_fen"] == GOODS_FEN
+
+    # An xlsx export as a task: the exports queue's worker writes it.
+    started = host.post(
+        "/api/v1/finance/exports",
+        headers={**finance, "X-Request-ID": "deploy-export-1"},
+        json={"report": "totals", "format": "xlsx", "group_by": "county"},
+    )
+    assert started.status_code == 202, started.text
+    job = wait_for(
+        lambda: (
+            (j := host.get(started.json()["url"], headers=finance).json())["status"] == "done" and j
+        ),
+        60,
+        "the export job finishing",
+        host,
+    )
+    download = host.get(job["download_url"], headers=finance)
+    assert download.status_code == 200 and download.content.startswith(b"PK")
+
+    # Each task ran on the worker for its queue, under the id of the request that caused it.
+    def task_lines(worker: str, request_id: str) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in host.log_lines(worker)
+            if line.get("request_id") == request_id and line["logger"] == "shop.tasks"
+        ]
+
+    def finished(worker: str, request_id: str, task: str) -> bool:
+        return any(
+            line["message"] == f"task {task} finished: SUCCESS"
+            for line in task_lines(worker, request_id)
+        )
+
+    wait_for(
+        lambda: finished("files-worker", "deploy-export-1", "shop.export"), 10, "export log", host
+    )
+    assert finished("ledger-worker", "deploy-reconcile-1", "shop.reconcile_payments")
+    assert task_lines("files-worker", "deploy-reconcile-1") == []
+    assert task_lines("ledger-worker", "deploy-export-1") == []
+    for line in task_lines("files-worker", "deploy-export-1"):
+        assert line["task_name"] == "shop.export" and line["task_id"]
+    # The web's own line for each request, with the same id.
+    web = host.log_lines("web")
+    answered = {
+        (line["request_id"], line["endpoint"], line["status"])
+        for line in web
+        if line["logger"] == "shop.requests"
+    }
+    assert ("deploy-order-1", "orders_api.create_order", 201) in answered
+    assert ("deploy-reconcile-1", "reconciliation_api.reconcile_now", 200) in answered
+    assert ("deploy-export-1", "finance_api.start_export", 202) in answered
+    assert any(line["logger"] == "gunicorn.error" for line in web)
+
+    # Requests over fresh connections, spread over both gunicorn workers by the kernel.
+    for _ in range(40):
+        assert host.get("/api/v1/products", params={"county": "522323"}).ok
+    metrics = samples(host.get("/metrics").text)
+    assert (
+        value(
+            metrics,
+            "shop_http_requests_total",
+            method="GET",
+            endpoint="catalog_api.list_products",
+            status="200",
+        )
+        == 40
+    )
+    assert (
+        value(
+            metrics,
+            "shop_http_request_duration_seconds_count",
+            method="GET",
+            endpoint="catalog_api.list_products",
+        )
+        == 40
+    )
+    # Each process writes its own files: at least one gunicorn worker and both Celery workers.
+    writers = {path.stem.rsplit("_", 1)[-1] for path in host.metrics_dir.iterdir()}
+    assert len(writers) >= 3, writers
+    # The workers' task runs, counted in their processes, seen through the web's /metrics.
+    assert value(metrics, "shop_task_runs_total", task="shop.export") == 1
+    assert value(metrics, "shop_task_runs_total", task="shop.reconcile_payments") >= 1
+    assert value(metrics, "shop_task_failures_total", task="shop.export") == 0
+    assert value(metrics, "shop_task_duration_seconds_count", task="shop.export") == 1
+    # Stripe sends several events for one payment, at once; exactly one of them marks it paid.
+    webhooks = {
+        (dict(labels)["type"], dict(labels)["outcome"]): count
+        for (name, labels), count in metrics.items()
+        if name == "shop_webhook_events_total"
+    }
+    assert sum(n for (_, outcome), n in webhooks.items() if outcome == "applied") == 1, webhooks
+    assert (
+        sum(n for (kind, _), n in webhooks.items() if kind == "checkout.session.completed") == 1
+    ), webhooks
+    assert value(metrics, "shop_orders", status="paid", channel="online") == 1
+    assert value(metrics, "shop_orders", status="awaiting_payment", channel="online") == 0
