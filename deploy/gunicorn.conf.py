@@ -8,6 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+from shop.config import load_config
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
@@ -37,8 +39,10 @@ keepalive = 5
 # request id, endpoint and duration; nginx keeps the access log of the host.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "") or "info"
-if (os.environ.get("LOG_FORMAT", "") or "json") == "json":
+# The shop's own reading of LOG_FORMAT and LOG_LEVEL, so gunicorn's lines match the app's.
+_logs = load_config()
+loglevel = _logs["LOG_LEVEL"].lower()
+if _logs["LOG_FORMAT"] == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,

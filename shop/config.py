@@ -129,8 +129,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Reconciliation re-reads this much before its stored cursor, for objects Stripe
         # created earlier and changed since (a Checkout Session paid an hour after it opened).
         "RECONCILE_OVERLAP_SECONDS": _int(env, "RECONCILE_OVERLAP_SECONDS", 86400),
-        # One JSON object a line (for journald, docker, a log shipper) or plain text to read.
-        "LOG_FORMAT": _choice(env, "LOG_FORMAT", "json", ("json", "text")),
+        # One JSON object a line (journald, docker, a log shipper), or plain text to read in a
+        # terminal (the default outside production).
+        "LOG_FORMAT": _choice(
+            env, "LOG_FORMAT", "json" if production else "text", ("json", "text")
+        ),
         "LOG_LEVEL": _choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         # Set, /metrics wants `Authorization: Bearer <token>`; empty, it is open (nginx keeps it
         # to the host).

@@ -29,6 +29,7 @@ task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
 task_name: ContextVar[str | None] = ContextVar("task_name", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+OUTSIDE = "-"  # the text format's request id outside a request
 JSON_FIELDS = ["asctime", "levelname", "name", "message"]
 RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 OPTIONAL = frozenset({"request_id", "task_id", "task_name"})
@@ -63,8 +64,15 @@ def json_formatter() -> logging.Formatter:
     return UtcJsonFormatter(JSON_FIELDS, rename_fields=RENAMED, json_ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = getattr(record, "task_id", None) or OUTSIDE
+        return super().format(record)
+
+
 def formatter(fmt: str) -> logging.Formatter:
-    return json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    return json_formatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
 
 
 def configure_logging(fmt: str, level: str) -> None:

@@ -43,8 +43,8 @@ def is_environment(node: ast.expr) -> bool:
 
 def reads_environment(node: ast.AST) -> list[ast.expr]:
     """The arguments of a read: env.get("X"), os.environ.get("X"), os.environ["X"],
-    os.getenv("X"), and the helpers _int(env, "X") / _float(env, "X") (_int("X", 8) in
-    deploy/gunicorn.conf.py)."""
+    os.getenv("X"), and the helpers _int(env, "X") / _float(env, "X") / _choice(env, "X")
+    (_int("X", 8) in deploy/gunicorn.conf.py)."""
     if isinstance(node, ast.Subscript) and is_environment(node.value):
         return [node.slice]
     if not isinstance(node, ast.Call):
@@ -54,7 +54,7 @@ def reads_environment(node: ast.AST) -> list[ast.expr]:
         return node.args[:1]
     if isinstance(func, ast.Attribute) and func.attr == "getenv":
         return node.args[:1]
-    if isinstance(func, ast.Name) and func.id in {"_int", "_float"}:
+    if isinstance(func, ast.Name) and func.id in {"_int", "_float", "_choice"}:
         return node.args[:2]
     return []
 
@@ -94,8 +94,26 @@ def env_example() -> dict[str, str]:
         assert name not in values, f"{name} is set twice in .env.example"
         above = lines[number - 1] if number else ""
         assert above.startswith("# "), f"{name} in .env.example has no comment line above it"
-        values[name] = value
+        # Quoted where a value has spaces, as sh and systemd's EnvironmentFile= both read it.
+        values[name] = value[1:-1] if value[:1] == value[-1:] == '"' and len(value) > 1 else value
     return values
+
+
+def test_env_example_reads_the_same_in_sh_as_for_systemd() -> None:
+    """The README starts processes by hand with `set -a; . /etc/huiqian-shop/env`."""
+    script = 'set -a; . "$1"; set +a; env -0'
+    done = subprocess.run(
+        ["sh", "-c", script, "sh", str(ENV_EXAMPLE)],
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr.decode()
+    sourced = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    commented = {m.group(1) for line in lines if line[:1] == "#" and (m := ENV_LINE.match(line))}
+    for name, value in env_example().items():
+        assert sourced.get(name) == (None if name in commented else value), name
 
 
 def readme_table_variables() -> set[str]:
@@ -167,6 +185,7 @@ def test_gunicorn_config_loads_with_the_app(tmp_path: Path) -> None:
         "GUNICORN_BIND": "127.0.0.1:8123",
         "GUNICORN_MAX_WORKERS": "1",
         "GUNICORN_THREADS": "3",
+        "LOG_FORMAT": "json",
     }
     argv = [sys.executable, "-m", "gunicorn", "--check-config", "--print-config"]
     argv += ["-c", str(DEPLOY / "gunicorn.conf.py"), "wsgi:app"]
