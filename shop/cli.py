@@ -33,6 +33,7 @@ def main() -> None:
 def register_commands(app: Flask) -> None:
     for command in (
         db_group,
+        reference_group,
         demo_group,
         users_group,
         tokens_group,
@@ -86,17 +87,50 @@ def demo_group() -> None:
     """Demo data and the demo shop."""
 
 
-@demo_group.command("load")
+def _refuse_demo_in_production() -> None:
+    if current_app.config["SHOP_ENV"] == "production":
+        raise click.ClickException(
+            "the demo data has accounts with a published password: not with SHOP_ENV=production"
+            " (a production shop needs `shop reference load` and `shop users create`)"
+        )
+
+
+@click.group("reference")
+def reference_group() -> None:
+    """Reference data: Qianxinan's counties, Huizhou's districts, their pairings."""
+
+
+@reference_group.command("load")
 @with_appcontext
-def demo_load() -> None:
-    """Load the demo catalogue and accounts (does nothing if they are there)."""
+def reference_load() -> None:
+    """Add the counties, districts and official pairings that are missing (run it once per shop)."""
+    from shop.catalog.reference import load_reference_data
+    from shop.extensions import db
+
+    _require_schema()
+    added = load_reference_data(db.session)
+    db.session.commit()
+    click.echo(f"reference data: {added} added" if added else "reference data already present")
+
+
+def _require_schema() -> None:
     from sqlalchemy import inspect
 
-    from shop.demo import load_demo_data
     from shop.extensions import db
 
     if not inspect(db.engine).has_table("users"):
         raise click.ClickException("the database has no schema yet: run `shop db upgrade` first")
+
+
+@demo_group.command("load")
+@with_appcontext
+def demo_load() -> None:
+    """Load the demo catalogue and accounts (does nothing if they are there)."""
+    from shop.demo import load_demo_data
+    from shop.extensions import db
+
+    _refuse_demo_in_production()
+    _require_schema()
     created = load_demo_data(db.session)
     db.session.commit()
     click.echo("demo data loaded" if created else "demo data already present")
@@ -126,6 +160,7 @@ def demo_serve(host: str, port: int, emulator_port: int) -> None:
     from shop.extensions import db
     from shop.migrate import upgrade
 
+    _refuse_demo_in_production()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         os.makedirs(os.path.dirname(app.config["SQLALCHEMY_DATABASE_URI"][10:]), exist_ok=True)

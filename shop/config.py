@@ -49,9 +49,11 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(key) or default
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    """One of `allowed` (written in any case)."""
+    raw = env.get(key) or default
+    value = next((choice for choice in allowed if choice.lower() == raw.lower()), None)
+    if value is None:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {raw!r}")
     return value
 
 
@@ -134,7 +136,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOG_FORMAT": _choice(
             env, "LOG_FORMAT", "json" if production else "text", ("json", "text")
         ),
-        "LOG_LEVEL": _choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        "LOG_LEVEL": _choice(
+            env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        ),
         # Set, /metrics wants `Authorization: Bearer <token>`; empty, it is open (nginx keeps it
         # to the host).
         "METRICS_TOKEN": env.get("METRICS_TOKEN", ""),

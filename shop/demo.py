@@ -1,6 +1,6 @@
-"""Demo data: the eight Qianxinan counties, Huizhou's districts, suppliers, products, accounts.
-
-County codes are GB/T 2260. Pairings marked `demo` are illustrative, not official.
+"""Demo data: suppliers, products, accounts and a unit, over the reference data (the eight
+Qianxinan counties and Huizhou's districts, shop.catalog.reference). Pairings marked `demo` are
+illustrative, not official.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from shop.catalog.models import (
     Certification,
     County,
     District,
-    Pairing,
     Product,
     Supplier,
     TierPrice,
 )
+from shop.catalog.reference import COUNTIES, add_pairings, load_reference_data
 from shop.db import DbSession
 
 # Demo accounts, printed by `shop demo`.
@@ -54,35 +54,13 @@ UNIT_RULES = {
     "CH-NM-001": (10, 5, ((100, 4300),)),
 }
 
-COUNTIES = [  # code, name, English, cooperation county
-    ("522301", "兴义市", "Xingyi City", False),
-    ("522302", "兴仁市", "Xingren City", True),
-    ("522323", "普安县", "Pu'an County", True),
-    ("522324", "晴隆县", "Qinglong County", True),
-    ("522325", "贞丰县", "Zhenfeng County", True),
-    ("522326", "望谟县", "Wangmo County", True),
-    ("522327", "册亨县", "Ceheng County", True),
-    ("522328", "安龙县", "Anlong County", True),
-]
-
-DISTRICTS = [  # code (functional zones have no GB/T 2260 code), name, English, functional zone
-    ("441302", "惠城区", "Huicheng District", False),
-    ("441303", "惠阳区", "Huiyang District", False),
-    ("441322", "博罗县", "Boluo County", False),
-    ("441323", "惠东县", "Huidong County", False),
-    ("441324", "龙门县", "Longmen County", False),
-    ("HZ-DYW", "大亚湾开发区", "Daya Bay Development Zone", True),
-    ("HZ-ZK", "仲恺高新区", "Zhongkai High-tech Zone", True),
-]
-
-PAIRINGS = [  # district, county, demo only
-    ("龙门县", "普安县", False),
-    ("惠东县", "望谟县", False),
-    ("惠城区", "兴仁市", True),
-    ("惠阳区", "贞丰县", True),
-    ("博罗县", "晴隆县", True),
-    ("大亚湾开发区", "册亨县", True),
-    ("仲恺高新区", "安龙县", True),
+# Illustrative pairings beside the official ones (shop.catalog.reference), for the demo only.
+DEMO_PAIRINGS = [
+    ("惠城区", "兴仁市"),
+    ("惠阳区", "贞丰县"),
+    ("博罗县", "晴隆县"),
+    ("大亚湾开发区", "册亨县"),
+    ("仲恺高新区", "安龙县"),
 ]
 
 SUPPLIERS = [  # key, name, county, registration type, households lifted, certificate valid to
@@ -155,20 +133,11 @@ def demo_credit_code(registration: str, county_code: str, serial: int) -> str:
 def load_demo_data(session: DbSession) -> bool:
     """Add the demo catalogue and accounts where missing; True if anything was added."""
     added = _load_accounts(session)
-    if session.scalar(select(County.id).limit(1)) is not None:
+    if session.scalar(select(Supplier.id).limit(1)) is not None:
         return added
-    counties = {
-        name: County(code=code, name=name, name_en=en, cooperation=coop)
-        for code, name, en, coop in COUNTIES
-    }
-    districts = {
-        name: District(code=code, name=name, name_en=en, functional_zone=zone)
-        for code, name, en, zone in DISTRICTS
-    }
-    session.add_all([*counties.values(), *districts.values()])
-    session.add_all(
-        Pairing(district=districts[d], county=counties[c], demo=demo) for d, c, demo in PAIRINGS
-    )
+    load_reference_data(session)
+    add_pairings(session, DEMO_PAIRINGS, demo=True)
+    counties = {c.name: c for c in session.scalars(select(County))}
     suppliers: dict[str, Supplier] = {}
     for serial, (key, name, county, registration, households, valid_to) in enumerate(SUPPLIERS, 1):
         supplier = Supplier(

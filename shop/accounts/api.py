@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Response, current_app, request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from shop.accounts.models import ApiToken, User
+from shop.accounts.models import User
 from shop.accounts.services import (
     employer_choices,
     issue_token,
@@ -36,19 +36,12 @@ class TokenOut(BaseModel):
 class TokenInfo(BaseModel):
     """A token without its secret: only its hash is stored, so nothing of it can be shown again."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     created_at: datetime
     expires_at: datetime
     revoked: bool
-
-    @classmethod
-    def of(cls, token: ApiToken) -> TokenInfo:
-        return cls(
-            id=token.id,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            revoked=token.revoked,
-        )
 
 
 class TokenListOut(BaseModel):
@@ -123,7 +116,7 @@ def create_token(body: TokenRequest) -> TokenOut:
     bp, "/auth/tokens", "GET", summary="My bearer tokens (never the secret)", response=TokenListOut
 )
 def list_tokens(user: User) -> TokenListOut:
-    return TokenListOut(items=[TokenInfo.of(t) for t in live_tokens(db.session, user)])
+    return TokenListOut(items=[TokenInfo.model_validate(t) for t in live_tokens(db.session, user)])
 
 
 @endpoint(

@@ -30,6 +30,7 @@ task_name: ContextVar[str | None] = ContextVar("task_name", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 OUTSIDE = "-"  # the text format's request id outside a request
+UNMATCHED = "unmatched"  # the endpoint of a request that matched no route
 JSON_FIELDS = ["asctime", "levelname", "name", "message"]
 RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 OPTIONAL = frozenset({"request_id", "task_id", "task_name"})
@@ -65,10 +66,22 @@ def json_formatter() -> logging.Formatter:
 
 
 class TextFormatter(logging.Formatter):
+    """Plain lines; a line break in a message (a path from a request) cannot start a forged line."""
+
     def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
         if getattr(record, "request_id", None) is None:
             record.request_id = getattr(record, "task_id", None) or OUTSIDE
+        record.msg, record.args = escaped(record.getMessage()), None
         return super().format(record)
+
+
+def escaped(message: str) -> str:
+    return message.translate(CONTROL_ESCAPES)
+
+
+# Line breaks and other control characters (tab aside) as their escapes.
+CONTROL_ESCAPES = {code: ascii(chr(code))[1:-1] for code in [*range(32), 127] if chr(code) != "\t"}
 
 
 def formatter(fmt: str) -> logging.Formatter:
@@ -117,7 +130,7 @@ def init_request_ids(app: Flask) -> None:
         fields: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
-            "endpoint": request.endpoint,
+            "endpoint": request.endpoint or UNMATCHED,
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - g.request_started) * 1000, 1),
             "remote_addr": request.remote_addr,

@@ -32,7 +32,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from shop.config import ConfigError
 from shop.extensions import db
+from shop.observability.logs import UNMATCHED
 
 HTTP_REQUESTS = Counter(
     "shop_http_requests",
@@ -61,7 +63,6 @@ TASK_DURATION = Histogram(
 
 # Requests that matched no route are counted under one name, not one per made-up path; so are
 # made-up methods.
-UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -124,8 +125,10 @@ bp = Blueprint("metrics", __name__)
 def metrics() -> Response:
     token = current_app.config["METRICS_TOKEN"]
     if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
             abort(401)
     database = CollectorRegistry()
     database.register(DatabaseCollector())
@@ -135,8 +138,15 @@ def metrics() -> Response:
 
 
 def init_metrics(app: Flask) -> None:
-    if multiprocess_directory():
-        os.makedirs(multiprocess_directory(), exist_ok=True)
+    directory = multiprocess_directory()
+    if directory:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR={directory} cannot be created ({exc.strerror}): create"
+                " it, writable by the shop's user (the systemd units do), or leave the setting out"
+            ) from exc
     app.register_blueprint(bp)
 
     @app.after_request

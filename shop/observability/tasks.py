@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from celery import signals
+from celery import signals, states
 from prometheus_client import start_http_server
 
 from shop.observability import logs
@@ -50,14 +50,18 @@ def task_started(task_id: str, task: Any, **_: Any) -> None:
 
 @signals.task_failure.connect
 def task_failed(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
-    name = getattr(sender, "name", "unknown")
-    TASK_FAILURES.labels(name).inc()
-    log.error("task %s failed: %r", name, exception)
+    log.error("task %s failed: %r", getattr(sender, "name", "unknown"), exception)
 
 
 @signals.task_postrun.connect
 def task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
     started, tokens = _started.pop(task_id, (None, []))
+    if state is None:
+        # Run in-process, the task raised straight to its caller: Celery sends no task_failure.
+        state = states.FAILURE
+        log.error("task %s failed", task.name)
+    if state == states.FAILURE:
+        TASK_FAILURES.labels(task.name).inc()
     if started is not None:
         elapsed = time.perf_counter() - started
         TASK_DURATION.labels(task.name).observe(elapsed)

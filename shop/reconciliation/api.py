@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from celery.exceptions import TimeoutError as TaskTimeout
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shop.accounts.models import Role, User
 from shop.api import api_blueprint, endpoint
 from shop.errors import ServiceUnavailable
 from shop.extensions import db
 from shop.reconciliation import services
-from shop.reconciliation.models import Discrepancy
 
 bp = api_blueprint("reconciliation_api", __name__)
 FINANCE = (Role.FINANCE,)
@@ -21,6 +20,8 @@ RECONCILE_WAIT_SECONDS = 120
 
 
 class DiscrepancyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     kind: str
     status: str
@@ -33,23 +34,6 @@ class DiscrepancyOut(BaseModel):
     found_at: datetime
     resolved_at: datetime | None
     note: str
-
-    @classmethod
-    def of(cls, discrepancy: Discrepancy) -> DiscrepancyOut:
-        return cls(
-            id=discrepancy.id,
-            kind=discrepancy.kind,
-            status=discrepancy.status,
-            order_number=discrepancy.order_number,
-            stripe_object=discrepancy.stripe_object,
-            shop_fen=discrepancy.shop_fen,
-            stripe_fen=discrepancy.stripe_fen,
-            currency=discrepancy.currency,
-            detail=discrepancy.detail,
-            found_at=discrepancy.found_at,
-            resolved_at=discrepancy.resolved_at,
-            note=discrepancy.note,
-        )
 
 
 class DiscrepancyListOut(BaseModel):
@@ -83,7 +67,7 @@ class ReconcileOut(BaseModel):
 )
 def list_discrepancies(user: User, query: StatusQuery) -> DiscrepancyListOut:
     found = services.list_discrepancies(db.session, query.status)
-    return DiscrepancyListOut(discrepancies=[DiscrepancyOut.of(d) for d in found])
+    return DiscrepancyListOut(discrepancies=[DiscrepancyOut.model_validate(d) for d in found])
 
 
 @endpoint(
@@ -99,7 +83,7 @@ def list_discrepancies(user: User, query: StatusQuery) -> DiscrepancyListOut:
 def resolve_discrepancy(user: User, discrepancy_id: int, body: ResolveIn) -> DiscrepancyOut:
     discrepancy = services.resolve_discrepancy(db.session, discrepancy_id, user, body.note)
     db.session.commit()
-    return DiscrepancyOut.of(discrepancy)
+    return DiscrepancyOut.model_validate(discrepancy)
 
 
 @endpoint(

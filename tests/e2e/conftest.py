@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from io import BytesIO
 from typing import Any
 
+import openpyxl
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
@@ -58,3 +61,14 @@ def sign_in(browser: Browser, live_shop: LiveShop) -> Iterator[Callable[..., Pag
     yield open_as
     for context in contexts:
         context.close()
+
+
+def total_row_amount(workbook_bytes: bytes) -> Decimal:
+    """The 元 amount on the xlsx's 合计 row (the header row names the amount column)."""
+    sheet = openpyxl.load_workbook(BytesIO(workbook_bytes)).active
+    assert sheet is not None
+    rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+    header = [str(cell or "") for cell in rows[0]]
+    amount_column = next(i for i, name in enumerate(header) if "金额" in name)
+    total = next(row for row in rows if any(str(cell or "") == "合计" for cell in row))
+    return Decimal(str(total[amount_column])).quantize(Decimal("0.01"))

@@ -8,11 +8,9 @@ import codecs
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import openpyxl
 import pytest
 import requests
 from playwright.sync_api import Page, expect
@@ -23,6 +21,7 @@ from shop.orders.models import Order
 from shop.reconciliation.models import Discrepancy, DiscrepancyKind
 from shop.timezones import shanghai_today
 from tests.conftest import HUIZHOU_ADDRESS, LiveShop, shots_dir
+from tests.e2e.conftest import total_row_amount
 
 pytestmark = pytest.mark.browser
 
@@ -94,17 +93,6 @@ def last_month() -> str:
     today = shanghai_today(utcnow())
     year, month = (today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12)
     return f"{year}-{month:02d}"
-
-
-def total_row_amount(workbook_bytes: bytes) -> Decimal:
-    """The 元 amount on the xlsx's 合计 row (the header row names the amount column)."""
-    sheet = openpyxl.load_workbook(BytesIO(workbook_bytes)).active
-    assert sheet is not None
-    rows = [list(row) for row in sheet.iter_rows(values_only=True)]
-    header = [str(cell or "") for cell in rows[0]]
-    amount_column = next(i for i, name in enumerate(header) if "金额" in name)
-    total = next(row for row in rows if any(str(cell or "") == "合计" for cell in row))
-    return Decimal(str(total[amount_column])).quantize(Decimal("0.01"))
 
 
 def test_finance_sees_the_paid_order_resolves_closes_a_month_and_exports_the_year(

@@ -11,11 +11,9 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import openpyxl
 import pytest
 import requests
 from playwright.sync_api import Page, expect
@@ -27,6 +25,7 @@ from shop.extensions import db
 from shop.orders.models import Order
 from shop.timezones import shanghai_today
 from tests.conftest import LiveShop, shots_dir
+from tests.e2e.conftest import total_row_amount
 
 pytestmark = pytest.mark.browser
 
@@ -100,17 +99,6 @@ def with_cell(csv: bytes, row: int, column: str, value: str) -> bytes:
     cells[header.index(column)] = value
     lines[row - 1] = ",".join(cells) + "\n"
     return "".join(lines).encode(GBK)
-
-
-def total_row_amount(workbook_bytes: bytes) -> Decimal:
-    """The 元 amount on the xlsx's 合计 row (the header row names the amount column)."""
-    sheet = openpyxl.load_workbook(BytesIO(workbook_bytes)).active
-    assert sheet is not None
-    rows = [list(row) for row in sheet.iter_rows(values_only=True)]
-    header = [str(cell or "") for cell in rows[0]]
-    amount_column = next(i for i, name in enumerate(header) if "金额" in name)
-    total = next(row for row in rows if any(str(cell or "") == "合计" for cell in row))
-    return Decimal(str(total[amount_column])).quantize(Decimal("0.01"))
 
 
 def test_an_officer_uploads_the_approver_approves_and_finance_records_the_transfer(
