@@ -67,6 +67,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         if missing:
             raise ConfigError("production needs these settings: " + ", ".join(missing))
 
+    if _int(env, "WORKER_METRICS_PORT", 0) and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise ConfigError(
+            "WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR: a worker's pool processes count"
+            " the tasks, and the shared directory is how its main process sees their counts"
+        )
+
     default_db = f"sqlite:///{INSTANCE_DIR / 'shop.sqlite3'}"
     broker = env.get("CELERY_BROKER_URL", "")
     stripe_key = env.get("STRIPE_SECRET_KEY", EMULATOR_SECRET_KEY)

@@ -14,11 +14,12 @@ one process) the counters live in memory.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,7 +31,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from shop.config import ConfigError
 from shop.extensions import db
@@ -64,39 +66,60 @@ TASK_DURATION = Histogram(
 # Requests that matched no route are counted under one name, not one per made-up path; so are
 # made-up methods.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+QUERY_TIMEOUT_MS = 5000
+log = logging.getLogger(__name__)
 
 
 class DatabaseCollector(Collector):
-    """Figures read from the database when scraped (inside the `/metrics` request)."""
+    """Figures read from the database when scraped (inside the `/metrics` request). With the
+    database down they are left out and `shop_metrics_database_up` says 0: the process counters
+    still come through, when they matter most."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from shop.orders.models import Order, Status
+        up = GaugeMetricFamily(
+            "shop_metrics_database_up", "1 if this scrape could read the database figures."
+        )
+        try:
+            families = list(self._database_families())
+        except SQLAlchemyError as exc:
+            db.session.rollback()
+            log.warning("metrics: database figures left out: %s", exc.__class__.__name__)
+            families = []
+        up.add_metric([], 1 if families else 0)
+        yield up
+        yield from families
+
+    def _database_families(self) -> Iterator[GaugeMetricFamily]:
+        from shop.orders.models import Channel, Order, Status
         from shop.reconciliation.models import Discrepancy, DiscrepancyKind, DiscrepancyStatus
 
-        orders = GaugeMetricFamily(
-            "shop_orders", "Orders by status and channel.", labels=["status", "channel"]
-        )
+        if db.session.get_bind().dialect.name == "postgresql":
+            # A scrape never queues behind a slow database for long.
+            db.session.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
         counts = db.session.execute(
             select(Order.status, Order.channel, func.count()).group_by(Order.status, Order.channel)
         ).all()
-        by_key = {(status, channel): n for status, channel, n in counts}
-        channels = sorted({channel for _status, channel in by_key} | {"online", "unit", "offline"})
-        for status in Status:
-            for channel in channels:
-                orders.add_metric([status.value, channel], by_key.get((status.value, channel), 0))
-        yield orders
-
-        open_ = GaugeMetricFamily(
-            "shop_discrepancies_open",
-            "Reconciliation discrepancies still open, by kind.",
-            labels=["kind"],
-        )
         found = dict(
             db.session.execute(
                 select(Discrepancy.kind, func.count())
                 .where(Discrepancy.status == DiscrepancyStatus.OPEN)
                 .group_by(Discrepancy.kind)
             ).all()
+        )
+
+        orders = GaugeMetricFamily(
+            "shop_orders", "Orders by status and channel.", labels=["status", "channel"]
+        )
+        by_key = {(status, channel): n for status, channel, n in counts}
+        for status in Status:
+            for channel in Channel:
+                orders.add_metric([status, channel], by_key.get((status, channel), 0))
+        yield orders
+
+        open_ = GaugeMetricFamily(
+            "shop_discrepancies_open",
+            "Reconciliation discrepancies still open, by kind.",
+            labels=["kind"],
         )
         for kind in sorted(set(DiscrepancyKind) | set(found)):
             open_.add_metric([str(kind)], found.get(kind, 0))
@@ -129,7 +152,9 @@ def metrics() -> Response:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), token.encode()
         ):
-            abort(401)
+            return Response(
+                "Bearer token required.\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
+            )
     database = CollectorRegistry()
     database.register(DatabaseCollector())
     body = generate_latest(process_registry()) + generate_latest(database)
@@ -156,6 +181,10 @@ def init_metrics(app: Flask) -> None:
             return response
         endpoint = request.endpoint or UNMATCHED
         method = request.method if request.method in METHODS else "other"
-        HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+        try:
+            HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+            HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+        except OSError:
+            # The metrics directory is gone or full: the answer still goes out.
+            log.exception("metrics: request not counted")
         return response

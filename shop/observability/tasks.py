@@ -7,6 +7,7 @@ caused it (beat's tasks have none: their lines carry the task id). Each run is c
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Any
@@ -19,13 +20,11 @@ from shop.observability.metrics import (
     TASK_DURATION,
     TASK_FAILURES,
     TASK_RUNS,
-    multiprocess_directory,
     process_registry,
 )
 
 log = logging.getLogger("shop.tasks")
 HEADER = "request_id"
-_started: dict[str, tuple[float, list[Any]]] = {}
 
 
 @signals.before_task_publish.connect
@@ -43,7 +42,9 @@ def task_started(task_id: str, task: Any, **_: Any) -> None:
         # In a worker: this run's id, or none (a task from beat). Run in-process (the demo), the
         # task stays in the request that called it.
         tokens.append(logs.request_id.set(carried))
-    _started[task_id] = (time.perf_counter(), tokens)
+    # Kept on this run's request context: two runs of one task id (a redelivery while the first
+    # still runs) in one process each keep their own.
+    task.request.shop_observed = (time.perf_counter(), tokens)
     TASK_RUNS.labels(task.name).inc()
     log.info("task %s started", task.name)
 
@@ -55,7 +56,7 @@ def task_failed(sender: Any = None, exception: BaseException | None = None, **_:
 
 @signals.task_postrun.connect
 def task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-    started, tokens = _started.pop(task_id, (None, []))
+    started, tokens = task.request.get("shop_observed") or (None, [])
     if state is None:
         # Run in-process, the task raised straight to its caller: Celery sends no task_failure.
         state = states.FAILURE
@@ -87,10 +88,15 @@ def serve_worker_metrics(sender: Any = None, **_: Any) -> None:
     port = conf.get("worker_metrics_port")
     if not port:
         return
-    if not multiprocess_directory():
-        # The pool's processes count the tasks; without the shared directory the main process,
-        # which serves the port, would show none of it.
-        raise RuntimeError("WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR")
+    # shop/config.py refuses the port without PROMETHEUS_MULTIPROC_DIR: the pool's processes
+    # count the tasks, and only the shared directory shows them to this main process.
     address = conf.get("worker_metrics_address")
-    start_http_server(port, addr=address, registry=process_registry())
+    try:
+        start_http_server(port, addr=address, registry=process_registry())
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Another worker of this host serves the port, from the same directory: the same figures.
+        log.info("worker metrics: port %s already served on this host", port)
+        return
     log.info("worker metrics on http://%s:%s/metrics", address, port)

@@ -19,8 +19,10 @@ from shop.payments.services import (
 
 bp = api_blueprint("stripe_api", __name__)
 log = logging.getLogger(__name__)
-# An event whose signature failed is counted without its claimed type (anyone can claim one).
+# An event whose signature failed is counted without its claimed type (anyone can claim one);
+# a signed body that is no event has none.
 UNVERIFIED = "unverified"
+NOT_AN_EVENT = "invalid"
 
 
 @endpoint(
@@ -45,7 +47,7 @@ def stripe_webhook() -> Any:
         return error_response(400, "invalid_signature", "Stripe-Signature 校验失败。")
     except InvalidEvent as exc:
         log.warning("rejected webhook: %s", exc)
-        WEBHOOK_EVENTS.labels(UNVERIFIED, "rejected").inc()
+        WEBHOOK_EVENTS.labels(NOT_AN_EVENT, "rejected").inc()
         return error_response(400, "invalid_event", "Webhook 内容不是有效的 Stripe 事件。")
     kind = str(event.get("type"))
     try:

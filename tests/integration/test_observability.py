@@ -35,6 +35,7 @@ from tests.conftest import (
     bearer,
     demo_shop,
     free_port,
+    make_app,
     served_demo_shop,
     signed,
     wait_until_up,
@@ -253,9 +254,11 @@ def test_webhook_events_are_counted_by_type_and_outcome(live_shop: LiveShop) -> 
     assert post_event(live_shop, payload, secret="whsec_someone_else").status_code == 400
     assert post_event(live_shop, b"not an event", secret=EMULATOR_WEBHOOK_SECRET).status_code == 400
     rejected = scrape_live(live_shop)
-    # Whatever type a forger claims, it is counted as unverified, and nothing changed.
+    # Whatever type a forger claims, it is counted as unverified; a signed body that is no event
+    # as invalid; and nothing changed.
     assert moves(start, rejected, "shop_webhook_events_total", "type", "outcome") == {
-        ("unverified", "rejected"): 2
+        ("unverified", "rejected"): 1,
+        ("invalid", "rejected"): 1,
     }
     assert status_of(live_shop, order["number"]) == "awaiting_payment"
     assert stripe_events_stored(live_shop) == stored
@@ -407,14 +410,32 @@ def test_a_metrics_token_keeps_the_figures_from_anyone_without_it(
             {"Authorization": "Bearer wrong-token"},
             {"Authorization": f"Bearer {token}x"},
             {"Authorization": "Bearer "},
+            {"Authorization": token},
         ):
             refused = client.get("/metrics", headers=headers)
             assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
             body = refused.get_data(as_text=True)
             assert "shop_orders" not in body and "awaiting_payment" not in body
             assert "shop_http_requests" not in body
         allowed = scrape(client, {"Authorization": f"Bearer {token}"})
         assert orders_gauge(allowed) == orders_in_db(app)
+        assert orders_gauge(scrape(client, {"Authorization": f"bearer {token}"}))
+
+
+def test_with_the_database_down_metrics_still_report_the_process_counters(emulator: str) -> None:
+    app = make_app(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", emulator)
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    samples = parsed(answer.get_data(as_text=True))
+    assert series(samples, "shop_metrics_database_up") == {(): 0}
+    assert orders_gauge(samples) == {}
+    assert (
+        series(samples, "shop_http_requests_total", "endpoint", "status")[("health.healthz", "200")]
+        >= 1
+    )
 
 
 # --- logs --------------------------------------------------------------------------------------
@@ -642,3 +663,29 @@ def test_log_and_metrics_settings_default_sensibly_and_refuse_nonsense() -> None
         load_config({"LOG_LEVEL": "LOUD"})
     with pytest.raises(ConfigError, match="WORKER_METRICS_PORT"):
         load_config({"WORKER_METRICS_PORT": "ninety"})
+    with pytest.raises(ConfigError, match="needs PROMETHEUS_MULTIPROC_DIR"):
+        load_config({"WORKER_METRICS_PORT": "9100"})
+    served = load_config({"WORKER_METRICS_PORT": "9100", "PROMETHEUS_MULTIPROC_DIR": "/run/m"})
+    assert served["CELERY"]["worker_metrics_port"] == 9100
+
+
+def test_an_empty_multiprocess_directory_setting_counts_in_memory(tmp_path: Path) -> None:
+    """A blank `PROMETHEUS_MULTIPROC_DIR=` line in an env file means no directory, not this one."""
+    script = (
+        "import shop.observability, os\n"
+        "from shop.observability.metrics import TASK_RUNS\n"
+        "from prometheus_client import REGISTRY\n"
+        "TASK_RUNS.labels('shop.rollup').inc()\n"
+        "print(REGISTRY.get_sample_value('shop_task_runs_total', {'task': 'shop.rollup'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1.0"
+    assert list(tmp_path.iterdir()) == []  # no counter files written where it ran

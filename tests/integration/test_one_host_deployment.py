@@ -4,8 +4,8 @@ PostgreSQL and one Redis, sharing one metrics directory.
 
 A buyer pays, finance reconciles and exports; the request id of each finance request shows up in
 the log lines of the worker that ran its task (and only there), and gunicorn's `/metrics` adds up
-what every process of the host counted: requests from both gunicorn workers, tasks from both
-Celery workers, the webhook, the paid order.
+what every process of the host counted: requests, the tasks of both Celery workers' pools, the
+webhook, the paid order; the front worker serves the same figures on its own port.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from tests.conftest import (
     HUIZHOU_ADDRESS,
     PASSWORD,
-    celery_worker_command,
     demo_shop,
     emulator_control,
     free_port,
@@ -47,6 +46,7 @@ class Host:
     url: str
     logs: dict[str, Path]
     metrics_dir: Path
+    worker_port: int
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kwargs)
@@ -101,6 +101,14 @@ def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
+def worker(queues: str, name: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "celery", "-A", "workers.celery_app", "--quiet", "worker"),
+        *(f"--queues={queues}", f"--hostname={name}", "--concurrency=2"),
+        *("--without-gossip", "--without-mingle"),
+    ]
+
+
 @pytest.fixture
 def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> Iterator[Host]:
     if not database_url.startswith("postgresql"):
@@ -113,7 +121,7 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
         pytest.skip(f"Redis at {REDIS} is not reachable: {exc}")
     results.flushdb()
 
-    port = free_port()
+    port, worker_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     metrics_dir = tmp_path / "metrics"
     env = {
@@ -147,14 +155,16 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
             str(ROOT / "deploy" / "gunicorn.conf.py"),
             "shop:create_app()",
         ],
-        "ledger-worker": celery_worker_command("-Q", "celery,reconciliation", "-n", "ledger@%h"),
-        "files-worker": celery_worker_command("-Q", "payments,exports", "-n", "files@%h"),
+        # As the README starts them: prefork pools, the ledger queue apart from the others.
+        "ledger-worker": worker("reconciliation", "ledger@%h"),
+        "front-worker": worker("celery,payments,exports", "front@%h"),
         "beat": [
             sys.executable,
             "-m",
             "celery",
             "-A",
             "workers.celery_app",
+            "--quiet",
             "beat",
             "--schedule",
             str(tmp_path / "celerybeat-schedule"),
@@ -167,11 +177,15 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
         emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
         try:
             for name, argv in commands.items():
+                # The front worker also serves its host's metrics on a port of its own.
+                own = {"WORKER_METRICS_PORT": str(worker_port)} if name == "front-worker" else {}
                 with logs[name].open("wb") as err, (tmp_path / f"{name}.out").open("wb") as out:
                     processes.append(
-                        subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=err)
+                        subprocess.Popen(
+                            argv, env={**env, **own}, cwd=tmp_path, stdout=out, stderr=err
+                        )
                     )
-            host = Host(url=url, logs=logs, metrics_dir=metrics_dir)
+            host = Host(url=url, logs=logs, metrics_dir=metrics_dir, worker_port=worker_port)
             wait_for(lambda: host.get("/healthz").ok, 30, "gunicorn answering", host)
             yield host
         finally:
@@ -266,12 +280,12 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
         )
 
     wait_for(
-        lambda: finished("files-worker", "deploy-export-1", "shop.export"), 10, "export log", host
+        lambda: finished("front-worker", "deploy-export-1", "shop.export"), 10, "export log", host
     )
     assert finished("ledger-worker", "deploy-reconcile-1", "shop.reconcile_payments")
-    assert task_lines("files-worker", "deploy-reconcile-1") == []
+    assert task_lines("front-worker", "deploy-reconcile-1") == []
     assert task_lines("ledger-worker", "deploy-export-1") == []
-    for line in task_lines("files-worker", "deploy-export-1"):
+    for line in task_lines("front-worker", "deploy-export-1"):
         assert line["task_name"] == "shop.export" and line["task_id"]
     # The web's own line for each request, with the same id.
     web = host.log_lines("web")
@@ -285,7 +299,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     assert ("deploy-export-1", "finance_api.start_export", 202) in answered
     assert any(line["logger"] == "gunicorn.error" for line in web)
 
-    # Requests over fresh connections, spread over both gunicorn workers by the kernel.
+    # Requests over fresh connections, to whichever gunicorn worker the kernel hands each one.
     for _ in range(40):
         assert host.get("/api/v1/products", params={"county": "522323"}).ok
     metrics = samples(host.get("/metrics").text)
@@ -308,7 +322,8 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
         )
         == 40
     )
-    # Each process writes its own files: at least one gunicorn worker and both Celery workers.
+    # Each process writes its own files: at least one gunicorn worker and a pool process of each
+    # Celery worker.
     writers = {path.stem.rsplit("_", 1)[-1] for path in host.metrics_dir.iterdir()}
     assert len(writers) >= 3, writers
     # The workers' task runs, counted in their processes, seen through the web's /metrics.
@@ -316,7 +331,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     assert value(metrics, "shop_task_runs_total", task="shop.reconcile_payments") >= 1
     assert value(metrics, "shop_task_failures_total", task="shop.export") == 0
     assert value(metrics, "shop_task_duration_seconds_count", task="shop.export") == 1
-    # Stripe sends several events for one payment, at once; exactly one of them marks it paid.
+    # Stripe sends several events for one payment; exactly one of them marks it paid.
     webhooks = {
         (dict(labels)["type"], dict(labels)["outcome"]): count
         for (name, labels), count in metrics.items()
@@ -328,3 +343,9 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     ), webhooks
     assert value(metrics, "shop_orders", status="paid", channel="online") == 1
     assert value(metrics, "shop_orders", status="awaiting_payment", channel="online") == 0
+    assert value(metrics, "shop_metrics_database_up") == 1
+
+    # The worker's own port shows the same host-wide task counts (a host without a web process).
+    served = samples(requests.get(f"http://127.0.0.1:{host.worker_port}/metrics", timeout=10).text)
+    assert value(served, "shop_task_runs_total", task="shop.export") == 1
+    assert value(served, "shop_task_runs_total", task="shop.reconcile_payments") >= 1

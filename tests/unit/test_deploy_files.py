@@ -325,3 +325,9 @@ def test_compose_file_parses_with_health_checks_and_shared_files() -> None:
     worker = services["worker"]["command"]
     (queues,) = [arg.split("=", 1)[1] for arg in worker if arg.startswith("--queues=")]
     assert set(queues.split(",")) == set(QUEUES), "a queue no worker consumes"
+    # The env file names a host directory for metrics; each container that counts has its own
+    # tmpfs instead (process ids of different containers would collide), beat none.
+    for name in ("web", "worker"):
+        directory = services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert directory in services[name]["tmpfs"], name
+    assert services["beat"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == ""
