@@ -251,6 +251,23 @@ def live_shop(database_url: str, emulator: str) -> Iterator[LiveShop]:
         yield shop
 
 
+# Each sample of a /metrics page by its name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A Prometheus text page, parsed by prometheus_client; no sample may appear twice."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in found, f"{sample.name} {sample.labels} is exposed twice"
+            found[key] = sample.value
+    return found
+
+
 def shots_dir() -> Path:
     path = Path(os.environ.get("SHOTS_DIR", "/tmp/shots"))
     path.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET, ConfigError, load_config
@@ -32,10 +31,12 @@ from shop.reconciliation.models import Discrepancy, DiscrepancyKind, Discrepancy
 from tests.conftest import (
     HUIZHOU_ADDRESS,
     LiveShop,
+    Samples,
     bearer,
     demo_shop,
     free_port,
     make_app,
+    metric_samples,
     served_demo_shop,
     signed,
     wait_until_up,
@@ -43,34 +44,22 @@ from tests.conftest import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FRESH_ID = re.compile(r"[0-9a-f]{32}")
-# Each sample by its name and labels.
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # --- reading /metrics -------------------------------------------------------------------------
-
-
-def parsed(text: str) -> Samples:
-    found: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in found, f"{sample.name} {sample.labels} is exposed twice"
-            found[key] = sample.value
-    return found
 
 
 def scrape(client: Any, headers: dict[str, str] | None = None) -> Samples:
     response = client.get("/metrics", headers=headers or {})
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     assert response.content_type.startswith("text/plain")
-    return parsed(response.get_data(as_text=True))
+    return metric_samples(response.get_data(as_text=True))
 
 
 def scrape_live(live: LiveShop) -> Samples:
     response = requests.get(f"{live.url}/metrics", timeout=10)
     assert response.status_code == 200, response.text[:500]
-    return parsed(response.text)
+    return metric_samples(response.text)
 
 
 def series(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
@@ -429,7 +418,7 @@ def test_with_the_database_down_metrics_still_report_the_process_counters(emulat
     assert client.get("/healthz").status_code == 200
     answer = client.get("/metrics")
     assert answer.status_code == 200
-    samples = parsed(answer.get_data(as_text=True))
+    samples = metric_samples(answer.get_data(as_text=True))
     assert series(samples, "shop_metrics_database_up") == {(): 0}
     assert orders_gauge(samples) == {}
     assert (

@@ -23,15 +23,16 @@ from typing import Any
 import pytest
 import redis
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from tests.conftest import (
     HUIZHOU_ADDRESS,
     PASSWORD,
+    Samples,
     demo_shop,
     emulator_control,
     free_port,
+    metric_samples,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,15 +90,7 @@ def wait_for(check: Callable[[], Any], seconds: float, what: str, host: Host) ->
         time.sleep(0.2)
 
 
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
+def value(metrics: Samples, name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -302,7 +295,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     # Requests over fresh connections, to whichever gunicorn worker the kernel hands each one.
     for _ in range(40):
         assert host.get("/api/v1/products", params={"county": "522323"}).ok
-    metrics = samples(host.get("/metrics").text)
+    metrics = metric_samples(host.get("/metrics").text)
     assert (
         value(
             metrics,
@@ -346,6 +339,8 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     assert value(metrics, "shop_metrics_database_up") == 1
 
     # The worker's own port shows the same host-wide task counts (a host without a web process).
-    served = samples(requests.get(f"http://127.0.0.1:{host.worker_port}/metrics", timeout=10).text)
+    served = metric_samples(
+        requests.get(f"http://127.0.0.1:{host.worker_port}/metrics", timeout=10).text
+    )
     assert value(served, "shop_task_runs_total", task="shop.export") == 1
     assert value(served, "shop_task_runs_total", task="shop.reconcile_payments") >= 1
