@@ -631,6 +631,12 @@ def test_admin_and_finance_read_the_trail_by_shanghai_day_newest_first_and_nobod
     assert "2026-03-02 07:30:00" in html and "2026-03-02 07:35:00" in html
     assert "2026-03-01 23:30" not in html, "times are shown in Shanghai"
     assert page.get("/admin/audit?page=2").get_data(as_text=True).count("data-audit-id=") == 6
+    # The pager keeps the filter: the next page of order.ship entries, and back.
+    shipped = page.get("/admin/audit?action=order.ship").get_data(as_text=True)
+    assert 'href="/admin/audit?action=order.ship&amp;page=2" rel="next"' in shipped
+    assert 'rel="prev"' not in shipped
+    second = page.get("/admin/audit?action=order.ship&page=2").get_data(as_text=True)
+    assert 'href="/admin/audit?action=order.ship&amp;page=1" rel="prev"' in second
     assert page.get("/admin/audit?from=2026-13-01").status_code == 422
     # A page number past any database integer is the last page, not a server error.
     for listing in ("/admin/audit", "/admin/orders"):
