@@ -77,11 +77,10 @@ class TextFormatter(logging.Formatter):
 
 
 def escaped(message: str) -> str:
-    return message.translate(CONTROL_ESCAPES)
-
-
-# Line breaks and other control characters (tab aside) as their escapes.
-CONTROL_ESCAPES = {code: ascii(chr(code))[1:-1] for code in [*range(32), 127] if chr(code) != "\t"}
+    """Control characters and line or paragraph separators (U+2028, …) as their escapes."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in message)
 
 
 def formatter(fmt: str) -> logging.Formatter:

@@ -612,10 +612,13 @@ def test_text_logs_show_the_request_id_of_each_line(
         # A line break in a path stays inside its line, escaped: it cannot forge the next one.
         forged = "/x%0A2026-01-01 00:00:00,000 INFO shop.requests [admin] GET /admin 200"
         assert app.test_client().get(forged).status_code == 404
+        assert app.test_client().get(forged.replace("%0A", "%E2%80%A8")).status_code == 404
         logging.getLogger("shop.tests").info("outside any request")
+    # Split as any reader may: on every line break Python knows, U+2028 included.
     lines = stderr.getvalue().splitlines()
     assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines), lines
     assert any("GET /x\\n2026-01-01" in line and " 404" in line for line in lines), lines
+    assert any("GET /x\\u20282026-01-01" in line and " 404" in line for line in lines), lines
     assert any(
         " INFO shop.requests [abc-123] GET /products/PA-TEA-001 200" in line for line in lines
     ), lines
