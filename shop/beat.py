@@ -75,3 +75,27 @@ class LockedScheduler(PersistentScheduler):
             with contextlib.suppress(LockError, RedisError):
                 self.lock.release()
             self.holding = False
+
+
+def lock_is_held(url: str) -> bool:
+    """Some beat holds the lock (renewed within its timeout): the schedule is being sent."""
+    return bool(redis.Redis.from_url(url, socket_timeout=5).exists(LOCK_NAME))
+
+
+def main() -> int:
+    """`python -m shop.beat`: exit 0 while a beat holds the lock (a health check for beat)."""
+    from shop.config import load_config
+
+    celery = load_config()["CELERY"]
+    url = celery["beat_lock_url"] or celery["broker_url"]
+    try:
+        held = lock_is_held(url)
+    except RedisError as exc:
+        print(f"beat lock: Redis unreachable ({exc})")
+        return 1
+    print("beat lock: held" if held else "beat lock: nobody holds it; no beat is sending")
+    return 0 if held else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,13 +5,15 @@ PostgreSQL and one Redis, sharing one metrics directory.
 A buyer pays, finance reconciles and exports; the request id of each finance request shows up in
 the log lines of the worker that ran its task (and only there), and gunicorn's `/metrics` adds up
 what every process of the host counted: requests, the tasks of both Celery workers' pools, the
-webhook, the paid order; the front worker serves the same figures on its own port.
+webhook, the paid order; the front worker serves the same figures on its own port. The compose
+file's health checks of beat and of a worker are run against these processes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ class Host:
     logs: dict[str, Path]
     metrics_dir: Path
     worker_port: int
+    env: dict[str, str]
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kwargs)
@@ -94,9 +97,18 @@ def value(metrics: Samples, name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
+CELERY = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+
+
+def run(host: Host, argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """A command with the processes' environment, as a health check runs in their container."""
+    return subprocess.run(argv, env={**host.env, **env}, capture_output=True, text=True, timeout=60)
+
+
 def worker(queues: str, name: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "celery", "-A", "workers.celery_app", "--quiet", "worker"),
+        *CELERY,
+        *("--quiet", "worker"),
         *(f"--queues={queues}", f"--hostname={name}", "--concurrency=2"),
         *("--without-gossip", "--without-mingle"),
     ]
@@ -151,17 +163,7 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
         # As the README starts them: prefork pools, the ledger queue apart from the others.
         "ledger-worker": worker("reconciliation", "ledger@%h"),
         "front-worker": worker("celery,payments,exports", "front@%h"),
-        "beat": [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "--quiet",
-            "beat",
-            "--schedule",
-            str(tmp_path / "celerybeat-schedule"),
-        ],
+        "beat": [*CELERY, "--quiet", "beat", "--schedule", str(tmp_path / "celerybeat-schedule")],
     }
     # Logs go to stderr; stdout has only Celery's start-up banner.
     logs = {name: tmp_path / f"{name}.log" for name in commands}
@@ -178,7 +180,9 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
                             argv, env={**env, **own}, cwd=tmp_path, stdout=out, stderr=err
                         )
                     )
-            host = Host(url=url, logs=logs, metrics_dir=metrics_dir, worker_port=worker_port)
+            host = Host(
+                url=url, logs=logs, metrics_dir=metrics_dir, worker_port=worker_port, env=env
+            )
             wait_for(lambda: host.get("/healthz").ok, 30, "gunicorn answering", host)
             yield host
         finally:
@@ -209,6 +213,20 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
     # Beat holds the lock in the broker's Redis.
     lock = redis.Redis.from_url(BROKER)
     wait_for(lambda: lock.get(LOCK_KEY), 30, "beat taking its lock", host)
+
+    # The compose file's health checks of beat and of a worker, run against these processes.
+    beat_check = run(host, [sys.executable, "-m", "shop.beat"])
+    assert (beat_check.returncode, beat_check.stdout.strip()) == (0, "beat lock: held")
+    elsewhere = run(host, [sys.executable, "-m", "shop.beat"], BEAT_LOCK_URL=RESULTS)
+    assert elsewhere.returncode == 1 and "nobody holds it" in elsewhere.stdout
+    ping = [*CELERY, "--quiet", "inspect", "ping"]
+    answered = run(
+        host, [*ping, "--timeout", "10", "--destination", f"ledger@{socket.gethostname()}"]
+    )
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    assert "pong" in answered.stdout
+    nobody = run(host, [*ping, "--timeout", "1", "--destination", f"nobody@{socket.gethostname()}"])
+    assert nobody.returncode != 0
 
     # A buyer orders two boxes of Puan tea and pays on the emulator's Checkout.
     buyer = host.token("buyer@example.com")
