@@ -1,4 +1,4 @@
-"""The catalogue pages through long results, keeping the filters chosen."""
+"""The catalogue and the admin order list page through long results, keeping the filters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from html import unescape
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sqlalchemy import func, select
+
+from shop.accounts.models import User
+from shop.admin.views import ORDERS_PER_PAGE
 from shop.demo import PRODUCTS
+from shop.extensions import db
+from shop.orders.models import Order
 from tests.conftest import demo_shop
 
 PAGE_SIZE = 5
@@ -50,3 +56,25 @@ def test_the_catalogue_pages_through_every_product_keeping_the_filters(
 
         # One page of results has no pager at all.
         assert PAGER.search(client.get("/?q=普安红茶（特级）").get_data(as_text=True)) is None
+
+
+def test_the_admin_order_list_pages_through_paid_orders_keeping_the_status(
+    database_url: str, emulator: str
+) -> None:
+    with demo_shop(database_url, emulator, sales=ORDERS_PER_PAGE + 15) as app:
+        client = app.test_client()
+        with app.app_context():
+            admin = db.session.scalar(select(User.id).where(User.email == "admin@example.com"))
+            paid = db.session.scalar(
+                select(func.count()).select_from(Order).where(Order.status == "paid")
+            )
+        assert ORDERS_PER_PAGE < paid <= 2 * ORDERS_PER_PAGE
+        with client.session_transaction() as session:
+            session["_user_id"] = str(admin)
+        first = client.get("/admin/orders?status=paid").get_data(as_text=True)
+        assert first.count("data-order=") == ORDERS_PER_PAGE
+        assert pager_of(first)["links"] == {"next": {"status": ["paid"], "page": ["2"]}}
+        second = client.get("/admin/orders?status=paid&page=2").get_data(as_text=True)
+        assert second.count("data-order=") == paid - ORDERS_PER_PAGE
+        assert pager_of(second)["links"] == {"prev": {"status": ["paid"], "page": ["1"]}}
+        assert pager_of(second)["position"] == "第 2 / 2 页"
