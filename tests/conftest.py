@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,40 @@ def wait_until_up(url: str, timeout: float = 20.0) -> None:
         except requests.ConnectionError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not come up within {timeout} s")
+
+
+def wait_for(condition: Callable[[], Any], seconds: float, what: str, *logs: Path) -> Any:
+    """Poll until `condition` returns something true, and return it; after `seconds`, fail with
+    the end of each log (of the processes the test started)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds:g} s\n{log_tails(*logs)}")
+        time.sleep(0.02)
+
+
+def log_tails(*logs: Path, chars: int = 3000) -> str:
+    return "\n".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-chars:] if log.exists() else ''}"
+        for log in logs
+    )
+
+
+def stop_process(process: subprocess.Popen[Any], *, kill: bool = False) -> None:
+    """SIGTERM (and SIGKILL if it lingers), or SIGKILL at once; then reap it."""
+    if process.poll() is None:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ from tests.conftest import (
     free_port,
     make_app,
     running_emulator,
+    wait_for,
 )
 
 BASKET_LINES = [("PA-TEA-005", 1), ("XR-YR-001", 2)]
@@ -593,15 +594,6 @@ def paid_count(app: Flask) -> int:
             db.session.remove()
 
 
-def wait_for(condition: Callable[[], Any], deadline: float, what: str, workers: Workers) -> Any:
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}; worker log:\n{workers.tail()}")
-
-
 RECONCILED = 40
 REDIS_DEADLINE_SECONDS = 60
 
@@ -627,13 +619,20 @@ def test_redis_killed_mid_reconciliation_and_restarted_empty_the_next_run_repair
     workers.send_unawaited("shop.reconcile_payments")
     for _ in range(2):
         workers.send_unawaited("shop.rollup")
-    wait_for(lambda: paid_count(shop) > 0, deadline, "the first repair", workers)
+    wait_for(
+        lambda: paid_count(shop) > 0, deadline - time.monotonic(), "the first repair", workers.log
+    )
     assert private_redis.queued(0) == 2, "the rollups are not waiting behind the reconciliation"
     private_redis.kill()
     at_kill = paid_count(shop)
     assert 0 < at_kill < RECONCILED, f"{at_kill} of {RECONCILED} repaired when Redis died"
 
-    wait_for(lambda: paid_count(shop) == RECONCILED, deadline, "the task in flight", workers)
+    wait_for(
+        lambda: paid_count(shop) == RECONCILED,
+        deadline - time.monotonic(),
+        "the task in flight",
+        workers.log,
+    )
     emulator_control(own_emulator, "failures", mode="none")
     private_redis.start()
     assert private_redis.queued(0) == 0, "the restarted Redis still holds the queued rollups"
@@ -718,7 +717,7 @@ def test_while_redis_is_down_sign_in_still_answers_and_still_limits_and_queued_w
         status = web.get(queued.get_json()["url"], headers=finance).get_json()["status"]
         return status == ExportStatus.DONE
 
-    wait_for(export_done, deadline, "the export after the restart", workers)
+    wait_for(export_done, deadline - time.monotonic(), "the export after the restart", workers.log)
     with shop.app_context():
         db.engine.dispose()
 
@@ -755,7 +754,12 @@ def twice_at_once(
                 watcher.rollback()
                 return blocked == 2
 
-            wait_for(both_wait, deadline, f"both copies of {task} to wait", workers)
+            wait_for(
+                both_wait,
+                deadline - time.monotonic(),
+                f"both copies of {task} to wait",
+                workers.log,
+            )
             holder.rollback()
     return [workers.result(copy, deadline) for copy in sent]
 

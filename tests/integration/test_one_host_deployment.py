@@ -16,8 +16,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from tests.conftest import (
     emulator_control,
     free_port,
     metric_samples,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,12 @@ class Host:
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.post(self.url + path, timeout=60, **kwargs)
 
+    def answering(self) -> bool:
+        try:
+            return self.get("/healthz").ok
+        except requests.ConnectionError:
+            return False
+
     def token(self, email: str) -> dict[str, str]:
         response = self.post("/api/v1/auth/tokens", json={"email": email, "password": PASSWORD})
         assert response.status_code == 201, response.text
@@ -73,24 +79,6 @@ class Host:
             except ValueError:
                 raise AssertionError(f"{name} wrote a line that is not JSON: {line!r}") from None
         return parsed
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str, host: Host) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            found = check()
-        except requests.ConnectionError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {name}\n{path.read_text(errors='replace')[-3000:]}"
-                for name, path in host.logs.items()
-            )
-            raise AssertionError(f"{what}: not within {seconds:g} s\n{tails}")
-        time.sleep(0.2)
 
 
 def value(metrics: Samples, name: str, **labels: str) -> float:
@@ -183,7 +171,7 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
             host = Host(
                 url=url, logs=logs, metrics_dir=metrics_dir, worker_port=worker_port, env=env
             )
-            wait_for(lambda: host.get("/healthz").ok, 30, "gunicorn answering", host)
+            wait_for(host.answering, 30, "gunicorn answering", *logs.values())
             yield host
         finally:
             emulator_control(emulator, "deliveries/wait", timeout=10)
@@ -212,7 +200,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
 
     # Beat holds the lock in the broker's Redis.
     lock = redis.Redis.from_url(BROKER)
-    wait_for(lambda: lock.get(LOCK_KEY), 30, "beat taking its lock", host)
+    wait_for(lambda: lock.get(LOCK_KEY), 30, "beat taking its lock", *host.logs.values())
 
     # The compose file's health checks of beat and of a worker, run against these processes.
     beat_check = run(host, [sys.executable, "-m", "shop.beat"])
@@ -246,7 +234,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
         ),
         30,
         "the webhook marking the order paid",
-        host,
+        *host.logs.values(),
     )
 
     # Finance reconciles now: the task runs on the reconciliation queue's worker.
@@ -271,7 +259,7 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
         ),
         60,
         "the export job finishing",
-        host,
+        *host.logs.values(),
     )
     download = host.get(job["download_url"], headers=finance)
     assert download.status_code == 200 and download.content.startswith(b"PK")
@@ -291,7 +279,10 @@ def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_pro
         )
 
     wait_for(
-        lambda: finished("front-worker", "deploy-export-1", "shop.export"), 10, "export log", host
+        lambda: finished("front-worker", "deploy-export-1", "shop.export"),
+        10,
+        "export log",
+        *host.logs.values(),
     )
     assert finished("ledger-worker", "deploy-reconcile-1", "shop.reconcile_payments")
     assert task_lines("front-worker", "deploy-reconcile-1") == []

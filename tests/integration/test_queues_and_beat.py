@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from celery import Celery
 
 from shop.background import TASK_ROUTES
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
-from tests.conftest import celery_worker_command
+from tests.conftest import celery_worker_command, stop_process, wait_for
 
 REDIS = "redis://127.0.0.1:6379"
 BROKER = f"{REDIS}/3"
@@ -71,25 +70,6 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def wait_for(check: Callable[[], bool], seconds: float, what: str, *logs: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs)
-            raise AssertionError(f"{what}: not within {seconds:g} s\n{tails}")
-        time.sleep(0.2)
-
-
 def sends(log: Path) -> int:
     return log.read_text(errors="replace").count(SENT) if log.exists() else 0
 
@@ -129,7 +109,7 @@ def test_a_task_waits_in_its_queue_until_a_worker_for_that_queue_starts(
         assert broker.llen("reconciliation") == 0
     finally:
         for worker in workers:
-            stop(worker)
+            stop_process(worker)
 
 
 def test_of_two_beats_only_the_lock_holder_sends_and_the_other_takes_over_when_it_dies(
@@ -163,4 +143,4 @@ def test_of_two_beats_only_the_lock_holder_sends_and_the_other_takes_over_when_i
         assert beats[standby].poll() is None
     finally:
         for beat in beats:
-            stop(beat)
+            stop_process(beat)

@@ -26,7 +26,13 @@ from shop.orders.models import Order, OrderLine, StatusChange
 from shop.orders.services import Address, RequestedLine
 from shop.payments.services import checkout
 from shop.reconciliation.models import Discrepancy
-from tests.conftest import HUIZHOU_ADDRESS, celery_worker_command, emulator_control
+from tests.conftest import (
+    HUIZHOU_ADDRESS,
+    celery_worker_command,
+    emulator_control,
+    stop_process,
+    wait_for,
+)
 
 REDIS = "redis://127.0.0.1:6379"
 BROKER = f"{REDIS}/1"
@@ -104,21 +110,6 @@ def paid_count(engine: Engine, numbers: list[str]) -> int:
     return int(count or 0)
 
 
-def wait_for(condition: Any, deadline: float, what: str, log: Path) -> Any:
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}; worker log:\n{log.read_text()[-4000:]}")
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=30)
-
-
 def test_a_worker_killed_mid_reconciliation_leaves_exact_totals_after_the_next(
     app: Flask,
     database_url: str,
@@ -139,7 +130,12 @@ def test_a_worker_killed_mid_reconciliation_leaves_exact_totals_after_the_next(
     try:
         result = sender.send_task("shop.reconcile_payments")
         deadline = time.monotonic() + DEADLINE_SECONDS
-        some = wait_for(lambda: paid_count(engine, numbers) > 0, deadline, "the first repairs", log)
+        some = wait_for(
+            lambda: paid_count(engine, numbers) > 0,
+            deadline - time.monotonic(),
+            "the first repairs",
+            log,
+        )
         assert some
         first_seen = time.monotonic()
         at_kill = paid_count(engine, numbers)
@@ -152,14 +148,19 @@ def test_a_worker_killed_mid_reconciliation_leaves_exact_totals_after_the_next(
         # taken (before the first repair); a worker starting after that takes it up at once.
         time.sleep(max(0.0, first_seen + VISIBILITY_TIMEOUT + 0.5 - time.monotonic()))
         second = start_worker(database_url, emulator, "heir", log)
-        wait_for(lambda: paid_count(engine, numbers) == ORDERS, deadline, "every order paid", log)
+        wait_for(
+            lambda: paid_count(engine, numbers) == ORDERS,
+            deadline - time.monotonic(),
+            "every order paid",
+            log,
+        )
         report = result.get(timeout=max(1.0, deadline - time.monotonic()))
         assert 0 < report["repaired"] < ORDERS
         assert report["failed"] == 0
     finally:
-        stop(first)
+        stop_process(first, kill=True)
         if second is not None:
-            stop(second)
+            stop_process(second, kill=True)
         sender.close()
 
     with engine.connect() as conn:
