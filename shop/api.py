@@ -199,6 +199,11 @@ def _storable(model: M) -> M:
     return model
 
 
+def is_api() -> bool:
+    """This request is the JSON API's (errors answered in JSON), not a page's."""
+    return request.path.startswith(API_PREFIX)
+
+
 def error_page(status: int, message: str | None) -> tuple[str, int]:
     try:
         return render_template("error.html", status=status, message=message), status
@@ -207,9 +212,6 @@ def error_page(status: int, message: str | None) -> tuple[str, int]:
 
 
 def register_error_handlers(app: Flask) -> None:
-    def is_api() -> bool:
-        return request.path.startswith(API_PREFIX)
-
     @app.errorhandler(ShopError)
     def shop_error(exc: ShopError) -> Any:
         db.session.rollback()

@@ -14,13 +14,13 @@ import requests
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
+from shop.api import RETRY_AFTER_SECONDS
 from shop.extensions import db
 
 bp = Blueprint("health", __name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0
 STRIPE_API = "https://api.stripe.com"
-RETRY_AFTER_SECONDS = 5
 
 
 def _database() -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, render_template, request
+from flask import Flask, Response, abort, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shop.accounts.services import TooManyAttempts
@@ -95,16 +95,12 @@ def refuse_nul_in_page_requests() -> None:
 
 
 def too_many_attempts(exc: TooManyAttempts) -> Any:
-    from shop.api import API_PREFIX, error_response
+    from shop.api import error_page, error_response, is_api
 
     db.session.rollback()
-    if request.path.startswith(API_PREFIX):
-        response, status = error_response(exc.status, exc.code, exc.message, exc.details)
-    else:
-        response = Response(
-            render_template("error.html", status=exc.status, message=exc.message),
-            mimetype="text/html",
-        )
-        status = exc.status
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response, status
+    answer: tuple[Any, int] = (
+        error_response(exc.status, exc.code, exc.message, exc.details)
+        if is_api()
+        else error_page(exc.status, exc.message)
+    )
+    return *answer, {"Retry-After": str(exc.retry_after)}
