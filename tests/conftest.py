@@ -18,16 +18,19 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from werkzeug.serving import make_server
 
 from shop import create_app
 from shop.accounts import audit_sql
+from shop.accounts.models import User
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from shop.db import Base
 from shop.demo import load_demo_data, load_demo_sales
 from shop.extensions import db
 from shop.migrate import upgrade
+from shop.orders.services import Address, RequestedLine
+from shop.payments.services import checkout
 
 PASSWORD = "demo-password"
 
@@ -300,6 +303,28 @@ def metric_samples(text: str) -> Samples:
             assert key not in found, f"{sample.name} {sample.labels} is exposed twice"
             found[key] = sample.value
     return found
+
+
+def paid_unheard_orders(
+    app: Flask, emulator_url: str, count: int, basket: list[RequestedLine]
+) -> list[str]:
+    """Orders paid at Stripe while the emulator had nowhere to send the webhooks."""
+    emulator_control(emulator_url, "webhooks", url=None, drop_next=0)
+    with app.app_context():
+        buyer = db.session.scalar(select(User).where(User.email == "buyer@example.com"))
+        assert buyer is not None
+        stripe = app.extensions["stripe"]
+        numbers = []
+        for _ in range(count):
+            order = checkout(
+                db.session, stripe, buyer, basket, Address(**HUIZHOU_ADDRESS), app.config
+            )
+            emulator_control(
+                emulator_url, f"checkout/sessions/{order.stripe_checkout_session_id}/pay"
+            )
+            numbers.append(order.number)
+        db.session.remove()
+    return numbers
 
 
 def shots_dir() -> Path:

@@ -39,9 +39,8 @@ from shop.finance.models import ExportJob, ExportStatus
 from shop.ledger import services as ledger
 from shop.ledger.models import ClosedMonth, LedgerEntry, OfflineImport, OfflineSale, Source
 from shop.orders.models import Order, OrderLine, Refund, StatusChange
-from shop.orders.services import Address, RequestedLine
+from shop.orders.services import RequestedLine
 from shop.payments.models import StripeEvent
-from shop.payments.services import checkout as pay_checkout
 from shop.payments.services import expire_unpaid_orders
 from shop.reconciliation.models import Discrepancy
 from shop.timezones import shanghai_today
@@ -53,12 +52,14 @@ from tests.conftest import (
     emulator_control,
     free_port,
     make_app,
+    paid_unheard_orders,
     running_emulator,
     wait_for,
 )
 
 BASKET_LINES = [("PA-TEA-005", 1), ("XR-YR-001", 2)]
 BASKET: list[dict[str, Any]] = [{"sku": sku, "quantity": q} for sku, q in BASKET_LINES]
+BASKET_REQUEST = [RequestedLine(sku, quantity) for sku, quantity in BASKET_LINES]
 BASKET_SKUS = [sku for sku, _ in BASKET_LINES]
 EVER = (date(2000, 1, 1), date(2100, 1, 1))
 
@@ -567,25 +568,6 @@ def workers(
         pool.stop()
 
 
-def paid_unheard_orders(app: Flask, emulator: str, count: int) -> list[str]:
-    """Orders paid at Stripe while the emulator had nowhere to send the webhooks."""
-    emulator_control(emulator, "webhooks", url=None, drop_next=0)
-    with app.app_context():
-        buyer = db.session.scalar(select(User).where(User.email == "buyer@example.com"))
-        assert buyer is not None
-        stripe = app.extensions["stripe"]
-        numbers = []
-        basket = [RequestedLine(sku, quantity) for sku, quantity in BASKET_LINES]
-        for _ in range(count):
-            order = pay_checkout(
-                db.session, stripe, buyer, basket, Address(**HUIZHOU_ADDRESS), app.config
-            )
-            emulator_control(emulator, f"checkout/sessions/{order.stripe_checkout_session_id}/pay")
-            numbers.append(order.number)
-        db.session.remove()
-    return numbers
-
-
 def paid_count(app: Flask) -> int:
     with app.app_context():
         try:
@@ -610,7 +592,7 @@ def test_redis_killed_mid_reconciliation_and_restarted_empty_the_next_run_repair
     worker reconnects by itself and runs the tasks sent after the restart, as the beat schedule
     would send them again; that next reconciliation repairs nothing twice: each order paid once,
     its lines in the ledger once, one repaired discrepancy per order, totals equal the ledger."""
-    numbers = paid_unheard_orders(shop, own_emulator, RECONCILED)
+    numbers = paid_unheard_orders(shop, own_emulator, RECONCILED, BASKET_REQUEST)
     workers.start("survivor")
     deadline = time.monotonic() + REDIS_DEADLINE_SECONDS
     assert workers.result(workers.send("shop.rollup"), deadline) == 0
@@ -778,7 +760,7 @@ def test_each_task_delivered_twice_to_two_workers_at_once_does_its_work_once(
     imported once (one import, its rows once) and both copies name that import; the month is
     closed once and both copies report the same total; the export leaves one whole file and no
     partial one; the totals equal the ledger."""
-    numbers = paid_unheard_orders(shop, own_emulator, 10)
+    numbers = paid_unheard_orders(shop, own_emulator, 10, BASKET_REQUEST)
     sold_on = last_month()
     uploads = tmp_path / "uploads"
     uploads.mkdir()

@@ -18,18 +18,14 @@ from flask import Flask
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from shop.accounts.models import User
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
-from shop.extensions import db
 from shop.ledger.models import LedgerEntry, Source
 from shop.orders.models import Order, OrderLine, StatusChange
-from shop.orders.services import Address, RequestedLine
-from shop.payments.services import checkout
+from shop.orders.services import RequestedLine
 from shop.reconciliation.models import Discrepancy
 from tests.conftest import (
-    HUIZHOU_ADDRESS,
     celery_worker_command,
-    emulator_control,
+    paid_unheard_orders,
     stop_process,
     wait_for,
 )
@@ -59,24 +55,6 @@ def clean_redis() -> Iterator[None]:
     for client in clients:
         client.flushdb()
         client.close()
-
-
-def paid_at_stripe_unheard(app: Flask, emulator: str) -> list[str]:
-    """Orders paid at Stripe while the emulator had nowhere to send the webhooks."""
-    emulator_control(emulator, "webhooks", url=None, drop_next=0)
-    numbers = []
-    with app.app_context():
-        buyer = db.session.scalar(select(User).where(User.email == "buyer@example.com"))
-        assert buyer is not None
-        stripe = app.extensions["stripe"]
-        for _ in range(ORDERS):
-            order = checkout(
-                db.session, stripe, buyer, BASKET, Address(**HUIZHOU_ADDRESS), app.config
-            )
-            emulator_control(emulator, f"checkout/sessions/{order.stripe_checkout_session_id}/pay")
-            numbers.append(order.number)
-        db.session.remove()
-    return numbers
 
 
 def start_worker(database_url: str, emulator: str, name: str, log: Path) -> subprocess.Popen[Any]:
@@ -121,7 +99,7 @@ def test_a_worker_killed_mid_reconciliation_leaves_exact_totals_after_the_next(
     # Celery prefers these variables to any configuration: the sender must use our broker.
     monkeypatch.setenv("CELERY_BROKER_URL", BROKER)
     monkeypatch.setenv("CELERY_RESULT_BACKEND", RESULTS)
-    numbers = paid_at_stripe_unheard(app, emulator)
+    numbers = paid_unheard_orders(app, emulator, ORDERS, BASKET)
     engine = create_engine(database_url)
     log = tmp_path / "workers.log"
     first = start_worker(database_url, emulator, "doomed", log)
