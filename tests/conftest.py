@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from flask import Flask
 from sqlalchemy import create_engine, select, text
@@ -388,6 +389,25 @@ def celery_worker(database_url: str, emulator: str) -> Iterator[str | None]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def emptied_redis(*urls: str) -> Iterator[list[redis.Redis]]:
+    """Redis databases of a test's own, empty when it starts and when it ends; without a
+    reachable Redis the test is skipped."""
+    clients = [redis.Redis.from_url(url, socket_connect_timeout=2) for url in urls]
+    try:
+        clients[0].ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis at {urls[0]} is not reachable: {exc}")
+    for client in clients:
+        client.flushdb()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.flushdb()
+            client.close()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from tests.conftest import (
     PASSWORD,
     Samples,
     demo_shop,
+    emptied_redis,
     emulator_control,
     free_port,
     metric_samples,
@@ -106,14 +107,6 @@ def worker(queues: str, name: str) -> list[str]:
 def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> Iterator[Host]:
     if not database_url.startswith("postgresql"):
         pytest.skip("the one-host deployment runs on PostgreSQL")
-    queues = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
-    results = redis.Redis.from_url(RESULTS, socket_connect_timeout=2)
-    try:
-        queues.flushdb()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis at {REDIS} is not reachable: {exc}")
-    results.flushdb()
-
     port, worker_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     metrics_dir = tmp_path / "metrics"
@@ -156,7 +149,7 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
     # Logs go to stderr; stdout has only Celery's start-up banner.
     logs = {name: tmp_path / f"{name}.log" for name in commands}
     processes = []
-    with demo_shop(database_url, emulator):
+    with emptied_redis(BROKER, RESULTS), demo_shop(database_url, emulator):
         emulator_control(emulator, "webhooks", url=f"{url}/api/v1/stripe/webhook", drop_next=0)
         try:
             for name, argv in commands.items():
@@ -184,10 +177,6 @@ def host(database_url: str, emulator: str, own_broker: None, tmp_path: Path) -> 
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=5)
-            queues.flushdb()
-            results.flushdb()
-            queues.close()
-            results.close()
 
 
 def test_one_host_runs_web_two_workers_and_beat_with_logs_and_metrics_across_processes(

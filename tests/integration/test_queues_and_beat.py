@@ -16,7 +16,7 @@ from celery import Celery
 
 from shop.background import TASK_ROUTES
 from shop.config import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
-from tests.conftest import celery_worker_command, stop_process, wait_for
+from tests.conftest import celery_worker_command, emptied_redis, stop_process, wait_for
 
 REDIS = "redis://127.0.0.1:6379"
 BROKER = f"{REDIS}/3"
@@ -37,19 +37,8 @@ celery.start(["beat", "--schedule", sys.argv[1]])
 @pytest.fixture
 def broker(own_broker: None) -> Iterator[redis.Redis]:
     """This test's own Redis databases, not the suite's: the sender and the processes use them."""
-    client = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
-    results = redis.Redis.from_url(RESULTS, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis at {REDIS} is not reachable: {exc}")
-    client.flushdb()
-    results.flushdb()
-    yield client
-    client.flushdb()
-    results.flushdb()
-    client.close()
-    results.close()
+    with emptied_redis(BROKER, RESULTS) as (client, _):
+        yield client
 
 
 def shop_env(database_url: str, emulator: str) -> dict[str, str]:
